@@ -1,0 +1,1 @@
+"""Thin Typer front ends for the console scripts."""

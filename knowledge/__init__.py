@@ -1,0 +1,1 @@
+"""Stage 1: LLM knowledge about action classes (generate, store, embed, search, report)."""

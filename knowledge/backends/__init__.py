@@ -1,0 +1,26 @@
+"""LLM backends: embedded llama.cpp (default), any OpenAI-compatible server, in-process vLLM."""
+from __future__ import annotations
+
+from fsar.knowledge.backends.base import Backend, BackendError, Completion, Sampling
+
+BACKENDS = ("llamacpp", "openai", "vllm")
+
+
+def make_backend(name: str, model: str | None = None, base_url: str | None = None, concurrency: int = 1) -> Backend:
+    """Build a backend by name; a one-line BackendError when it cannot run here."""
+    if name == "llamacpp":
+        from fsar.knowledge.backends.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(model)
+    if name == "openai":
+        from fsar.knowledge.backends.openai_api import OpenAIBackend
+
+        return OpenAIBackend(model, base_url=base_url, concurrency=concurrency)
+    if name == "vllm":
+        from fsar.knowledge.backends.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model)
+    raise BackendError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "Backend", "BackendError", "Completion", "Sampling", "make_backend"]

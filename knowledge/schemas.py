@@ -1,0 +1,115 @@
+"""The three knowledge kinds as pydantic schemas: DiST attributes, LGA stage triplets, STAR descriptors.
+
+Each kind pairs a schema with a Jinja2 template (``prompts/<kind>.jinja``). Counts are configurable, so the schema
+class is built for given counts by ``KnowledgeKind.schema(...)``; its JSON schema constrains the LLM's decoding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+
+Phrase = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=100)]
+Sentence = Annotated[str, StringConstraints(strip_whitespace=True, min_length=10, max_length=240)]
+Word = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=60)]
+
+STAGES = ("onset", "progression", "completion")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Stage(_Strict):
+    """One atomic stage of an action (LGA): who does what to what, and a sentence describing it."""
+
+    stage: Literal["onset", "progression", "completion"]
+    subject: Word
+    motion: Word
+    object: Word
+    sentence: Sentence
+
+
+def _list(item, n: int):
+    return Annotated[list[item], Field(min_length=n, max_length=n)]
+
+
+@dataclass(frozen=True)
+class KnowledgeKind:
+    """A knowledge kind: its name, the paper it serves, and how to build its schema for given counts."""
+
+    name: str
+    paper: str
+    description: str
+    default_counts: dict[str, int]
+
+    def schema(self, **counts: int) -> type[BaseModel]:
+        c = {**self.default_counts, **{k: v for k, v in counts.items() if v is not None}}
+        if self.name == "dist":
+            return create_model(
+                "DistKnowledge",
+                __base__=_Strict,
+                spatial=(_list(Phrase, c["spatial"]), ...),
+                temporal=(_list(Phrase, c["temporal"]), ...),
+            )
+        if self.name == "lga":
+            return create_model("LgaKnowledge", __base__=_Strict, stages=(_list(Stage, 3), ...))
+        if self.name == "star":
+            return create_model(
+                "StarKnowledge",
+                __base__=_Strict,
+                descriptors=(_list(Sentence, c["descriptors"]), ...),
+                summary=(Sentence, ...),
+            )
+        raise KeyError(self.name)
+
+    def texts(self, knowledge: dict) -> dict[str, list[str]]:
+        """The texts of one class's knowledge, grouped by field, in order (what stage 1 embeds)."""
+        if self.name == "dist":
+            return {"spatial": list(knowledge["spatial"]), "temporal": list(knowledge["temporal"])}
+        if self.name == "lga":
+            stages = knowledge["stages"]
+            return {
+                "triplets": [f"{s['subject']} {s['motion']} {s['object']}" for s in stages],
+                "sentences": [s["sentence"] for s in stages],
+            }
+        if self.name == "star":
+            return {"descriptors": list(knowledge["descriptors"]), "summary": [knowledge["summary"]]}
+        raise KeyError(self.name)
+
+
+KINDS: dict[str, KnowledgeKind] = {
+    "dist": KnowledgeKind(
+        "dist",
+        "DiST (seed 000)",
+        "spatial attributes (objects, scene, body parts, appearance) and temporal attributes (motion, ordered phases)",
+        {"spatial": 4, "temporal": 4},
+    ),
+    "lga": KnowledgeKind(
+        "lga",
+        "LGA (seed 002)",
+        "three atomic stages (onset, progression, completion), each a subject-motion-object triplet and a sentence",
+        {},
+    ),
+    "star": KnowledgeKind(
+        "star",
+        "STAR (seed 001)",
+        "temporally dependent class descriptors: ordered sentences of how the action unfolds, and a summary",
+        {"descriptors": 4},
+    ),
+}
+
+
+def get_kind(name: str) -> KnowledgeKind:
+    if name not in KINDS:
+        raise KeyError(f"unknown knowledge kind '{name}'; known kinds: {', '.join(KINDS)} (or 'all')")
+    return KINDS[name]
+
+
+def parse_kinds(spec: str) -> list[KnowledgeKind]:
+    """``dist,lga`` or ``all`` -> the kinds, in the order given."""
+    names = list(KINDS) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise KeyError(f"no knowledge kind given; known kinds: {', '.join(KINDS)} (or 'all')")
+    return [get_kind(n) for n in names]

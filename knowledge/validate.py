@@ -1,0 +1,153 @@
+"""Validation of an LLM answer: JSON, then the kind's pydantic schema, then semantic checks.
+
+The semantic checks catch what small models do wrong: empty or duplicate items, items too short or too long,
+items that only repeat the class name, items copied from the prompt's worked examples, stages out of order.
+``validate_answer`` returns the knowledge as a plain dict, or raises ``InvalidAnswer`` with a one-line reason that
+is appended to the next prompt.
+"""
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from importlib import resources
+
+from pydantic import BaseModel, ValidationError
+
+from fsar.knowledge.schemas import STAGES, KnowledgeKind
+
+# words that carry no content when comparing an item with a class name
+_STOP = set(
+    "a an the of to in on into onto at by for from with without and or his her their its is are be being "
+    "person people someone somebody something one man woman it up down out off over".split()
+)
+PHRASE_WORDS = (1, 14)
+SENTENCE_WORDS = (4, 40)
+
+
+class InvalidAnswer(ValueError):
+    """An answer that failed validation; ``str(err)`` is the one-line reason."""
+
+
+def normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^a-z0-9 ]+", " ", text.lower())).strip()
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            word = word[: -len(suffix)]
+            break
+    # doubled final consonant: "running" -> "runn" -> "run"
+    if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiou":
+        word = word[:-1]
+    return word
+
+
+def content_words(text: str) -> set[str]:
+    return {_stem(w) for w in normalize(text).split() if w not in _STOP}
+
+
+@lru_cache(maxsize=None)
+def example_items(kind: str) -> frozenset[str]:
+    """Every text of the kind's worked examples, normalised (an answer may not copy them)."""
+    examples = json.loads((resources.files("fsar.prompts") / "examples.json").read_text())[kind]
+    items: set[str] = set()
+
+    def walk(x):
+        if isinstance(x, str):
+            items.add(normalize(x))
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                if k != "stage":
+                    walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    for ex in examples:
+        walk(ex["answer"])
+    return frozenset(i for i in items if len(i.split()) >= 2)
+
+
+def parse_json(text: str) -> dict:
+    """The first JSON object in ``text`` (models sometimes add words around it)."""
+    start = text.find("{")
+    if start < 0:
+        raise InvalidAnswer("the answer has no JSON object; answer with a JSON object only")
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(text[start:])
+    except json.JSONDecodeError as e:
+        raise InvalidAnswer(f"the answer is not valid JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(obj, dict):
+        raise InvalidAnswer("the answer must be a JSON object")
+    return obj
+
+
+def _pydantic_reason(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "answer"
+    return f"{where}: {first['msg'].lower()}"
+
+
+def _check_item(label: str, text: str, class_name: str, kind: str, words: tuple[int, int]) -> None:
+    n = len(normalize(text).split())
+    if not re.search(r"[a-zA-Z]", text) or re.search(r"[{}<>\[\]]|https?:", text):
+        raise InvalidAnswer(f'{label} "{text}" is not plain English text')
+    if n < words[0] or n > words[1]:
+        raise InvalidAnswer(f'{label} "{text}" has {n} words; use {words[0]} to {words[1]}')
+    name_words = content_words(class_name)
+    item_words = content_words(text)
+    if normalize(text) == normalize(class_name) or (item_words and item_words <= name_words):
+        raise InvalidAnswer(f'{label} "{text}" only repeats the action name; describe what is seen instead')
+    norm = normalize(text)
+    for ex in example_items(kind):
+        ex_words = set(ex.split())
+        overlap = len(ex_words & set(norm.split())) / max(1, len(ex_words | set(norm.split())))
+        if norm == ex or (len(ex_words) >= 3 and overlap >= 0.8):
+            raise InvalidAnswer(f'{label} "{text}" is copied from an example of another action; describe "{class_name}"')
+
+
+def _check_unique(label: str, items: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items, 1):
+        key = normalize(item)
+        if key in seen:
+            raise InvalidAnswer(f'{label} {i} "{item}" repeats item {seen[key]}; every item must be different')
+        seen[key] = i
+
+
+def validate_answer(kind: KnowledgeKind, schema: type[BaseModel], class_name: str, text: str) -> dict:
+    """Parse and check one answer for ``class_name``; return the knowledge dict or raise InvalidAnswer."""
+    obj = parse_json(text)
+    try:
+        knowledge = schema.model_validate(obj).model_dump()
+    except ValidationError as e:
+        raise InvalidAnswer(_pydantic_reason(e)) from None
+
+    if kind.name == "dist":
+        for field in ("spatial", "temporal"):
+            for i, item in enumerate(knowledge[field], 1):
+                _check_item(f"{field} item {i}", item, class_name, kind.name, PHRASE_WORDS)
+            _check_unique(f"{field} item", knowledge[field])
+        _check_unique("attribute", knowledge["spatial"] + knowledge["temporal"])
+    elif kind.name == "lga":
+        stages = knowledge["stages"]
+        order = [s["stage"] for s in stages]
+        if order != list(STAGES):
+            raise InvalidAnswer(f"stages are {', '.join(order)}; they must be onset, progression, completion in that order")
+        for s in stages:
+            for part in ("subject", "motion", "object"):
+                if not re.search(r"[a-zA-Z]", s[part]):
+                    raise InvalidAnswer(f'{s["stage"]} {part} "{s[part]}" is not a word')
+            triplet = f"{s['subject']} {s['motion']} {s['object']}"
+            _check_item(f"{s['stage']} triplet", triplet, class_name, kind.name, (2, 16))
+            _check_item(f"{s['stage']} sentence", s["sentence"], class_name, kind.name, SENTENCE_WORDS)
+        _check_unique("stage sentence", [s["sentence"] for s in stages])
+        _check_unique("stage triplet", [f"{s['subject']} {s['motion']} {s['object']}" for s in stages])
+    elif kind.name == "star":
+        for i, item in enumerate(knowledge["descriptors"], 1):
+            _check_item(f"descriptor {i}", item, class_name, kind.name, SENTENCE_WORDS)
+        _check_item("summary", knowledge["summary"], class_name, kind.name, SENTENCE_WORDS)
+        _check_unique("descriptor", knowledge["descriptors"] + [knowledge["summary"]])
+    return knowledge

@@ -1,0 +1,1 @@
+"""Stage 2: backbones, method heads, matching functions, trainer and evaluator."""

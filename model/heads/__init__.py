@@ -1,0 +1,1 @@
+"""Method heads, one module each, registered by name (see fsar.model.registry)."""
