@@ -10,9 +10,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-Phrase = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=100)]
-Sentence = Annotated[str, StringConstraints(strip_whitespace=True, min_length=10, max_length=240)]
-Word = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=60)]
+# The patterns go into the JSON schema, so constrained decoding cannot emit markup, digits or run-on text:
+# a phrase is lower-case words; a sentence starts with a capital and ends with a full stop.
+Phrase = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[a-z][a-z ,'-]{2,59}$")]
+Sentence = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Z][a-z ,'-]{8,139}[.]$")]
+Word = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[a-z][a-z '-]{0,29}$")]
 
 STAGES = ("onset", "progression", "completion")
 
@@ -31,6 +33,14 @@ class Stage(_Strict):
     sentence: Sentence
 
 
+def _stage(name: str) -> type[Stage]:
+    return create_model(f"{name.title()}Stage", __base__=Stage, stage=(Literal[name], ...))
+
+
+# the three stages as a fixed tuple: constrained decoding writes them in order, each with its own name
+StageTriple = tuple[_stage("onset"), _stage("progression"), _stage("completion")]
+
+
 def _list(item, n: int):
     return Annotated[list[item], Field(min_length=n, max_length=n)]
 
@@ -44,25 +54,36 @@ class KnowledgeKind:
     description: str
     default_counts: dict[str, int]
 
-    def schema(self, **counts: int) -> type[BaseModel]:
+    def schema(self, action: str | None = None, **counts: int) -> type[BaseModel]:
+        """The answer schema. With ``action``, the answer must open with ``"action": "<action>"``: constrained
+        decoding then writes the class name just before the content, which keeps a small model on the topic
+        instead of drifting to the worked examples. ``knowledge_of`` drops that field again."""
         c = {**self.default_counts, **{k: v for k, v in counts.items() if v is not None}}
+        head = {"action": (Literal[action], ...)} if action else {}
         if self.name == "dist":
             return create_model(
                 "DistKnowledge",
                 __base__=_Strict,
+                **head,
                 spatial=(_list(Phrase, c["spatial"]), ...),
                 temporal=(_list(Phrase, c["temporal"]), ...),
             )
         if self.name == "lga":
-            return create_model("LgaKnowledge", __base__=_Strict, stages=(_list(Stage, 3), ...))
+            return create_model("LgaKnowledge", __base__=_Strict, **head, stages=(StageTriple, ...))
         if self.name == "star":
             return create_model(
                 "StarKnowledge",
                 __base__=_Strict,
+                **head,
                 descriptors=(_list(Sentence, c["descriptors"]), ...),
                 summary=(Sentence, ...),
             )
         raise KeyError(self.name)
+
+    @staticmethod
+    def knowledge_of(answer: dict) -> dict:
+        """The stored knowledge: the answer without its ``action`` anchor."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in answer.items() if k != "action"}
 
     def texts(self, knowledge: dict) -> dict[str, list[str]]:
         """The texts of one class's knowledge, grouped by field, in order (what stage 1 embeds)."""

@@ -26,7 +26,15 @@ SENTENCE_WORDS = (4, 40)
 
 
 class InvalidAnswer(ValueError):
-    """An answer that failed validation; ``str(err)`` is the one-line reason."""
+    """An answer that failed validation; ``str(err)`` is the one-line reason (stored with the class).
+
+    ``hint`` is the form appended to the next prompt: it names the fault without quoting the bad text, since a
+    small model shown a phrase tends to write it again.
+    """
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint or message
 
 
 def normalize(text: str) -> str:
@@ -93,19 +101,25 @@ def _pydantic_reason(err: ValidationError) -> str:
 def _check_item(label: str, text: str, class_name: str, kind: str, words: tuple[int, int]) -> None:
     n = len(normalize(text).split())
     if not re.search(r"[a-zA-Z]", text) or re.search(r"[{}<>\[\]]|https?:", text):
-        raise InvalidAnswer(f'{label} "{text}" is not plain English text')
+        raise InvalidAnswer(f'{label} "{text}" is not plain English text', "write plain English words only")
     if n < words[0] or n > words[1]:
-        raise InvalidAnswer(f'{label} "{text}" has {n} words; use {words[0]} to {words[1]}')
+        raise InvalidAnswer(f'{label} "{text}" has {n} words; use {words[0]} to {words[1]}', f"keep each item to {words[0]}-{words[1]} words")
     name_words = content_words(class_name)
     item_words = content_words(text)
     if normalize(text) == normalize(class_name) or (item_words and item_words <= name_words):
-        raise InvalidAnswer(f'{label} "{text}" only repeats the action name; describe what is seen instead')
+        raise InvalidAnswer(
+            f'{label} "{text}" only repeats the action name; describe what is seen instead',
+            "an item only repeated the action's name; name concrete objects, body parts and motions instead",
+        )
     norm = normalize(text)
     for ex in example_items(kind):
         ex_words = set(ex.split())
         overlap = len(ex_words & set(norm.split())) / max(1, len(ex_words | set(norm.split())))
         if norm == ex or (len(ex_words) >= 3 and overlap >= 0.8):
-            raise InvalidAnswer(f'{label} "{text}" is copied from an example of another action; describe "{class_name}"')
+            raise InvalidAnswer(
+                f'{label} "{text}" is copied from an example of another action; describe "{class_name}"',
+                f'an item was copied from the sheet of another action; every item must be about "{class_name}"',
+            )
 
 
 def _check_unique(label: str, items: list[str]) -> None:
@@ -113,15 +127,22 @@ def _check_unique(label: str, items: list[str]) -> None:
     for i, item in enumerate(items, 1):
         key = normalize(item)
         if key in seen:
-            raise InvalidAnswer(f'{label} {i} "{item}" repeats item {seen[key]}; every item must be different')
+            raise InvalidAnswer(
+                f'{label} {i} "{item}" repeats item {seen[key]}; every item must be different',
+                "two items were the same; every item must say something different",
+            )
         seen[key] = i
 
 
 def validate_answer(kind: KnowledgeKind, schema: type[BaseModel], class_name: str, text: str) -> dict:
     """Parse and check one answer for ``class_name``; return the knowledge dict or raise InvalidAnswer."""
     obj = parse_json(text)
+    if kind.name == "lga" and isinstance(obj.get("stages"), list):  # a clearer message than the schema's
+        order = [s.get("stage") if isinstance(s, dict) else None for s in obj["stages"]]
+        if len(order) == 3 and set(order) <= set(STAGES) and order != list(STAGES):
+            raise InvalidAnswer(f"stages are {', '.join(map(str, order))}; they must be onset, progression, completion in that order")
     try:
-        knowledge = schema.model_validate(obj).model_dump()
+        knowledge = kind.knowledge_of(schema.model_validate(obj).model_dump())
     except ValidationError as e:
         raise InvalidAnswer(_pydantic_reason(e)) from None
 
@@ -133,9 +154,6 @@ def validate_answer(kind: KnowledgeKind, schema: type[BaseModel], class_name: st
         _check_unique("attribute", knowledge["spatial"] + knowledge["temporal"])
     elif kind.name == "lga":
         stages = knowledge["stages"]
-        order = [s["stage"] for s in stages]
-        if order != list(STAGES):
-            raise InvalidAnswer(f"stages are {', '.join(order)}; they must be onset, progression, completion in that order")
         for s in stages:
             for part in ("subject", "motion", "object"):
                 if not re.search(r"[a-zA-Z]", s[part]):

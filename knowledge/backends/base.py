@@ -12,7 +12,10 @@ class Sampling:
     seed: int = 0
     temperature: float = 0.7
     top_p: float = 0.95
-    max_tokens: int = 512
+    max_tokens: int = 384
+    # small models loop on one phrase; a penalty on tokens already generated breaks the loop
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)

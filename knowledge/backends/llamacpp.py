@@ -79,7 +79,8 @@ class LlamaCppBackend(Backend):
         self.path = path
         self.model = path.name
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
+        # all cores by default (llama.cpp's own default is 1); FSAR_LLM_THREADS overrides, e.g. on a busy machine
+        self.n_threads = n_threads or int(os.environ.get("FSAR_LLM_THREADS") or 0) or os.cpu_count() or 1
         self._llm = None
         self._grammars: dict[str, object] = {}
         self._lock = threading.Lock()
@@ -111,7 +112,8 @@ class LlamaCppBackend(Backend):
         if key not in self._grammars:
             from llama_cpp import LlamaGrammar
 
-            self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+            # keep the schema's property order: the grammar writes fields in that order ("stage" first, ...)
+            self._grammars[key] = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
         return self._grammars[key]
 
     def generate(self, prompt: str, schema: dict, sampling: Sampling) -> Completion:
@@ -124,6 +126,8 @@ class LlamaCppBackend(Backend):
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 seed=sampling.seed,
+                frequency_penalty=sampling.frequency_penalty,
+                presence_penalty=sampling.presence_penalty,
                 grammar=self._grammar(schema),
             )
             seconds = time.perf_counter() - start

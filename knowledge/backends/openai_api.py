@@ -83,6 +83,8 @@ class OpenAIBackend(Backend):
                     temperature=sampling.temperature,
                     top_p=sampling.top_p,
                     seed=sampling.seed,
+                    frequency_penalty=sampling.frequency_penalty,
+                    presence_penalty=sampling.presence_penalty,
                     response_format=self._response_format(schema, kind),
                 )
             except self._openai.APIConnectionError as e:

@@ -55,6 +55,8 @@ class VLLMBackend(Backend):
                 temperature=s.temperature,
                 top_p=s.top_p,
                 seed=s.seed,
+                frequency_penalty=s.frequency_penalty,
+                presence_penalty=s.presence_penalty,
                 max_tokens=s.max_tokens,  # vLLM's default of 16 tokens would cut every JSON answer short
                 structured_outputs=self._structured(json=schema),
             )

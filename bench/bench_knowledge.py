@@ -1,0 +1,141 @@
+"""Stage-1 benchmark: speed and validity of knowledge generation on the embedded model, cached reruns,
+and the openai backend's concurrency speed-up against a local llama.cpp server.
+
+    python bench/bench_knowledge.py                      # all 51 hmdb51 classes x dist, lga, star
+    python bench/bench_knowledge.py --limit 10 --kinds dist --skip-server
+
+It uses a fresh cache folder (``--cache``, default a temporary one) so the first run really calls the LLM.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="hmdb51")
+    ap.add_argument("--kinds", default="dist,lga,star")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--cache", default=None, help="cache folder (default: a new temporary one)")
+    ap.add_argument("--skip-server", action="store_true", help="skip the openai-backend concurrency measurement")
+    ap.add_argument("--server-classes", type=int, default=8)
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = ap.parse_args()
+
+    cache = Path(args.cache or tempfile.mkdtemp(prefix="fsar-bench-"))
+    os.environ["FSAR_CACHE"] = str(cache)
+    from fsar.knowledge.backends.llamacpp import LlamaCppBackend
+    from fsar.knowledge.generate import generate_knowledge
+    from fsar.knowledge.store import load_knowledge
+
+    figures: dict = {"dataset": args.dataset, "cache": str(cache), "cpu_count": os.cpu_count()}
+    backend = LlamaCppBackend()
+    figures["n_threads"] = backend.n_threads
+    print(f"embedded model {backend.model} ({backend.n_threads} threads), cache {cache}", flush=True)
+
+    rows = []
+    for kind in args.kinds.split(","):
+        t0 = time.perf_counter()
+        [s] = generate_knowledge(args.dataset, kind, limit=args.limit, backend=backend)
+        wall = time.perf_counter() - t0
+        ks = load_knowledge(args.dataset, kind, backend.slug)
+        first = sum(1 for r in ks.rows if r["status"] == "ok" and r["provenance"]["attempts"] == 1)
+        n = len(ks.rows)
+        row = {
+            "kind": kind,
+            "classes": n,
+            "classes_per_min": round(n / wall * 60, 2),
+            "tokens_per_s": round(s.completion_tokens / s.llm_seconds, 1) if s.llm_seconds else 0.0,
+            "llm_calls": s.llm_calls,
+            "valid_first_attempt": round(first / n, 3),
+            "valid_after_retries": round(len(ks.ok) / n, 3),
+            "failed": s.failed_classes,
+            "seconds": round(wall, 1),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    figures["generation"] = rows
+    backend.close()
+
+    # a fully cached rerun: in-process (what the generator itself costs) and as a fresh CLI process
+    t0 = time.perf_counter()
+    summaries = generate_knowledge(args.dataset, args.kinds, limit=args.limit, backend=LlamaCppBackend())
+    figures["cached_rerun_in_process_s"] = round(time.perf_counter() - t0, 3)
+    figures["cached_rerun_llm_calls"] = sum(s.llm_calls for s in summaries)
+    cmd = [sys.executable, "-m", "fsar.cli.knowledge", "generate", "--dataset", args.dataset, "--kind", args.kinds]
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, capture_output=True, env=os.environ)
+    figures["cached_rerun_cli_s"] = round(time.perf_counter() - t0, 3)
+    print(
+        f"cached rerun: {figures['cached_rerun_in_process_s']} s in process, {figures['cached_rerun_cli_s']} s as a "
+        f"new CLI process, {figures['cached_rerun_llm_calls']} LLM calls",
+        flush=True,
+    )
+
+    if not args.skip_server:
+        figures["server"] = bench_server(args.dataset, args.server_classes)
+
+    print("\n| kind | classes | classes/min | tokens/s | valid 1st attempt | valid after retries |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['kind']} | {r['classes']} | {r['classes_per_min']} | {r['tokens_per_s']} | "
+              f"{r['valid_first_attempt']:.0%} | {r['valid_after_retries']:.0%} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2))
+
+
+def bench_server(dataset: str, n_classes: int) -> dict:
+    """Time the openai backend with --concurrency 1 and 4 against python -m llama_cpp.server on 127.0.0.1."""
+    import socket
+    import urllib.request
+
+    from fsar.knowledge.backends.llamacpp import default_model_path
+    from fsar.knowledge.backends.openai_api import OpenAIBackend
+    from fsar.knowledge.generate import GenerateOptions, generate_knowledge
+
+    path, _ = default_model_path()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1", "--port", str(port),
+         "--n_threads", str(os.cpu_count() or 1), "--n_ctx", "2048"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        out = {}
+        for conc, seed in ((1, 100), (4, 200)):  # different seeds: both runs really call the server
+            be = OpenAIBackend(None, base_url=url, concurrency=conc)
+            t0 = time.perf_counter()
+            [s] = generate_knowledge(dataset, "dist", limit=n_classes, backend=be, options=GenerateOptions(seed=seed, max_attempts=1))
+            out[f"concurrency_{conc}_s"] = round(time.perf_counter() - t0, 2)
+            out[f"concurrency_{conc}_tokens"] = s.completion_tokens
+            out["format"] = be._format
+        out["speedup_4_over_1"] = round(
+            (out["concurrency_4_tokens"] / out["concurrency_4_s"]) / (out["concurrency_1_tokens"] / out["concurrency_1_s"]), 2
+        )
+        print(f"openai backend vs local llama_cpp.server ({n_classes} classes, dist): {json.dumps(out)}", flush=True)
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""``fsar-knowledge``: generate, show, export and list LLM knowledge about action classes (stage 1)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Stage 1: LLM knowledge about action classes.")
+console = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def generate(
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="registered data set (hmdb51, ucf101, kinetics100, ssv2_small, ssv2_full, synthetic)"),
+    kind: str = typer.Option("all", "--kind", "-k", help="dist, lga, star, a comma list, or all"),
+    split: str = typer.Option("all", help="train, val, test or all"),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="custom class list: one name per line, CSV or JSON"),
+    limit: Optional[int] = typer.Option(None, help="only the first N classes"),
+    backend: str = typer.Option("llamacpp", help="llamacpp (embedded, offline), openai (any compatible server), vllm"),
+    model: Optional[str] = typer.Option(None, help="GGUF path (llamacpp) or model name (openai, vllm)"),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1"),
+    concurrency: int = typer.Option(1, min=1, help="requests in flight (openai backend)"),
+    seed: int = typer.Option(0, help="sampling seed (attempt i uses seed + i)"),
+    temperature: float = typer.Option(0.7, min=0.0, help="sampling temperature"),
+    max_tokens: int = typer.Option(384, min=1, help="token limit of one answer"),
+    frequency_penalty: float = typer.Option(0.3, help="penalty on tokens by how often they were generated"),
+    presence_penalty: float = typer.Option(0.5, help="penalty on tokens already generated"),
+    max_attempts: int = typer.Option(3, min=1, help="attempts per class before it is recorded as failed"),
+    n_spatial: Optional[int] = typer.Option(None, help="dist: number of spatial attributes (default 4)"),
+    n_temporal: Optional[int] = typer.Option(None, help="dist: number of temporal attributes (default 4)"),
+    n_descriptors: Optional[int] = typer.Option(None, help="star: number of descriptors (default 4)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the rendered prompts; call no LLM, write nothing"),
+    force: bool = typer.Option(False, "--force", help="regenerate everything, ignoring stored knowledge and cached answers"),
+):
+    """Decompose class names into validated knowledge with an LLM and store it as a Hugging Face dataset."""
+    from fsar.knowledge.backends import BackendError
+    from fsar.knowledge.generate import ClassEvent, GenerateOptions, dry_run_prompts, generate_knowledge, resolve_classes
+    from fsar.knowledge.schemas import parse_kinds
+
+    counts = {k: v for k, v in {"spatial": n_spatial, "temporal": n_temporal, "descriptors": n_descriptors}.items() if v}
+    try:
+        kinds = parse_kinds(kind)
+        info, selected = resolve_classes(dataset, classes, split, limit)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        fail(e.args[0] if e.args else str(e))
+    if dry_run:
+        for kname, cls, prompt in dry_run_prompts(dataset, kind, split, classes, limit, counts):
+            out.rule(f"{kname} · {cls.name}")
+            typer.echo(prompt)
+        console.print(f"dry run: {len(selected)} classes x {len(kinds)} kinds; no LLM called, nothing written")
+        return
+
+    opts = GenerateOptions(
+        seed=seed, temperature=temperature, max_tokens=max_tokens, frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty, max_attempts=max_attempts, force=force, counts=counts,
+    )
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[str, int] = {}
+    totals = {"tokens": 0, "seconds": 0.0}
+
+    def on_plan(kname: str, n: int) -> None:
+        tasks[kname] = progress.add_task(f"{info.name} · {kname}", total=n, rate="")
+
+    def on_event(e: ClassEvent) -> None:
+        totals["tokens"] += e.completion_tokens
+        totals["seconds"] += e.llm_seconds
+        rate = f"{totals['tokens'] / totals['seconds']:.1f} tok/s" if totals["seconds"] else ""
+        progress.update(tasks[e.kind], advance=1, rate=rate)
+        mark = "[green]ok[/]" if e.ok else "[red]failed[/]"
+        tail = f" · {e.error}" if e.error else ""
+        progress.console.print(f"  {mark} {e.kind} · {e.cls.name} ({e.attempts} attempt{'s' if e.attempts != 1 else ''}){tail}", highlight=False)
+
+    try:
+        with progress:
+            summaries = generate_knowledge(
+                dataset=info.name, kinds=kind, split=split, classes_file=classes, limit=limit, backend=backend,
+                model=model, base_url=base_url, concurrency=concurrency, options=opts, on_event=on_event, on_plan=on_plan,
+            )
+    except BackendError as e:
+        fail(str(e))
+    except (PermissionError, ValueError, KeyError) as e:
+        fail(e.args[0] if e.args else str(e))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished classes are stored; run the same command again to continue")
+        raise typer.Exit(130)
+
+    failed_any = False
+    for s in summaries:
+        rate = f", {s.completion_tokens / s.llm_seconds:.1f} tok/s" if s.llm_seconds else ""
+        console.print(
+            f"[bold]{s.dataset} · {s.kind}[/]: {s.ok}/{s.classes} valid ({s.kept} kept, {s.llm_calls} LLM calls, "
+            f"{s.cache_hits} cached answers{rate}, {s.seconds:.1f} s) -> {s.path}",
+            highlight=False,
+        )
+        if s.failed_classes:
+            failed_any = True
+            console.print(f"[red]failed ({len(s.failed_classes)}):[/] {', '.join(s.failed_classes)}", highlight=False)
+    if failed_any:
+        console.print("failed classes are stored with their raw outputs and errors; run again to retry only them")
+        raise typer.Exit(1)
+
+
+def _load(dataset: str, kind: str, model: Optional[str]):
+    from fsar.knowledge.schemas import get_kind
+    from fsar.knowledge.store import load_knowledge
+
+    try:
+        get_kind(kind)
+        return load_knowledge(dataset, kind, model)
+    except (KeyError, FileNotFoundError) as e:
+        fail(e.args[0])
+
+
+def _record(row: dict, full: bool) -> dict:
+    rec = {"class": row["class_key"], "name": row["class_name"], "split": row["split"], "status": row["status"], "knowledge": row["knowledge"]}
+    if full or row["status"] != "ok":
+        rec["errors"] = row["errors"]
+        rec["raw_outputs"] = row["raw_outputs"]
+    if full:
+        rec["provenance"] = row["provenance"]
+    return rec
+
+
+@app.command()
+def show(
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    kind: str = typer.Option("dist", "--kind", "-k"),
+    cls: Optional[str] = typer.Option(None, "--class", "-c", help="one class (key or natural name)"),
+    model: Optional[str] = typer.Option(None, help="model folder name (default: the most recent)"),
+    full: bool = typer.Option(False, help="include provenance and raw outputs"),
+):
+    """Print generated knowledge as JSON."""
+    ks = _load(dataset, kind, model)
+    rows = list(ks.rows)
+    if cls is not None:
+        want = cls.strip().lower()
+        rows = [r for r in rows if want in (r["class_key"].lower(), r["class_name"].lower())]
+        if not rows:
+            fail(f"class '{cls}' has no '{kind}' knowledge in {dataset}; see: fsar-knowledge show --dataset {dataset} --kind {kind}")
+    records = [_record(r, full) for r in rows]
+    out.print_json(json.dumps(records[0] if cls is not None else records, ensure_ascii=False))
+
+
+@app.command()
+def export(
+    dataset: str = typer.Option(..., "--dataset", "-d"),
+    kind: str = typer.Option("dist", "--kind", "-k"),
+    fmt: str = typer.Option("json", "--format", "-f", help="json, jsonl or parquet"),
+    output: Optional[Path] = typer.Option(None, "--out", "-o", help="output file (default: next to the knowledge set)"),
+    model: Optional[str] = typer.Option(None),
+):
+    """Write a knowledge set with its provenance to JSON, JSONL or Parquet."""
+    from fsar.data.paths import atomic_write_text
+
+    if fmt not in ("json", "jsonl", "parquet"):
+        fail(f"unknown format '{fmt}'; choose json, jsonl or parquet")
+    ks = _load(dataset, kind, model)
+    target = output or ks.path / f"{dataset}_{kind}_{ks.model}.{fmt}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        import os
+        import pyarrow.parquet as pq
+
+        tmp = target.with_name(f".{target.name}.tmp")
+        pq.write_table(ks.rows.data.table, tmp)
+        os.replace(tmp, target)
+    else:
+        records = [_record(r, True) for r in ks.rows]
+        if fmt == "json":
+            text = json.dumps({"dataset": dataset, "kind": kind, "model": ks.model, "fingerprint": ks.fingerprint, "classes": records}, indent=2, ensure_ascii=False)
+        else:
+            text = "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n"
+        atomic_write_text(target, text)
+    console.print(f"wrote {len(ks.rows)} classes to {target}")
+
+
+@app.command("list")
+def list_sets():
+    """List the generated knowledge sets."""
+    from fsar.data.paths import cache_root
+    from fsar.knowledge.store import list_knowledge
+
+    sets = list_knowledge()
+    if not sets:
+        console.print(f"no knowledge generated yet in {cache_root()}; run: fsar-knowledge generate --dataset hmdb51")
+        return
+    table = Table("dataset", "kind", "model", "classes", "valid", "failed", "fingerprint", "updated")
+    for m in sets:
+        table.add_row(m["dataset"], m["kind"], m["model"], str(m["classes"]), str(m["ok"]), str(m["failed"]), m["fingerprint"], m["updated_at"])
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

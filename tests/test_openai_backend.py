@@ -1,0 +1,81 @@
+"""The openai backend against a real OpenAI-compatible server on 127.0.0.1 (llama-cpp-python's server, same GGUF)."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from fsar.knowledge.backends import BackendError
+from fsar.knowledge.backends.openai_api import OpenAIBackend
+from fsar.knowledge.generate import generate_knowledge
+from fsar.knowledge.store import load_knowledge
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    """Start ``python -m llama_cpp.server`` on a free local port and wait until it lists its model."""
+    from fsar.knowledge.backends.llamacpp import default_model_path
+
+    path, _ = default_model_path()
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", "gemma3-270m",
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"llama_cpp.server exited: {proc.stderr.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/models", timeout=1) as r:
+                if json.load(r)["data"]:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("llama_cpp.server did not come up within 120 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_generate_through_server_with_concurrency(fsar_cache, server):
+    backend = OpenAIBackend(None, base_url=server, concurrency=3)
+    assert backend.model == "gemma3-270m"  # taken from the server's model list
+    [s] = generate_knowledge("ucf101", "dist", limit=3, backend=backend)
+    assert s.classes == 3 and s.llm_calls >= 3
+    assert backend._format in ("json_schema", "json_object")
+    rows = list(load_knowledge("ucf101", "dist", "gemma3-270m").rows)
+    assert [r["class_key"] for r in rows] == ["ApplyEyeMakeup", "Archery", "BabyCrawling"]
+    for r in rows:
+        assert r["provenance"]["backend"] == "openai" and r["raw_outputs"]
+        assert json.loads(r["provenance"]["model_id"])["base_url"] == server
+        if r["status"] == "ok":
+            assert set(r["knowledge"]) == {"spatial", "temporal"}
+    # everything answered is cached: a rerun of a fresh store asks the server nothing
+    [again] = generate_knowledge("ucf101", "dist", limit=3, backend=OpenAIBackend(None, base_url=server, concurrency=3))
+    assert again.kept == s.ok
+    if s.ok == 3:
+        assert again.llm_calls == 0
+
+
+def test_unreachable_server_fails_fast():
+    start = time.perf_counter()
+    with pytest.raises(BackendError, match="cannot reach an OpenAI-compatible server at http://127.0.0.1:9/v1"):
+        OpenAIBackend(None, base_url="http://127.0.0.1:9/v1")
+    assert time.perf_counter() - start < 10

@@ -1,0 +1,103 @@
+"""Validation of LLM answers: schema, then the semantic checks that catch what small models do wrong."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fsar.knowledge.schemas import get_kind
+from fsar.knowledge.validate import InvalidAnswer, validate_answer
+
+DIST = get_kind("dist")
+LGA = get_kind("lga")
+STAR = get_kind("star")
+
+
+def dist(spatial, temporal):
+    return json.dumps({"spatial": spatial, "temporal": temporal})
+
+
+GOOD_DIST = dist(
+    ["a comb or hairbrush", "long hair falling over the shoulder", "mirror in a bathroom", "hand raised to the head"],
+    ["brush placed at the top of the head", "long downward strokes", "hand lifts and repeats", "hair smoothed and tidy"],
+)
+
+
+def test_valid_dist_passes():
+    k = validate_answer(DIST, DIST.schema(), "brush hair", GOOD_DIST)
+    assert k["spatial"][0] == "a comb or hairbrush" and len(k["temporal"]) == 4
+
+
+def test_text_around_json_is_tolerated():
+    assert validate_answer(DIST, DIST.schema(), "brush hair", "Sheet: " + GOOD_DIST + "\nAction:")
+
+
+@pytest.mark.parametrize(
+    "answer,match",
+    [
+        ("no json here", "no JSON object"),
+        ('{"spatial": ["a b", ', "not valid JSON"),
+        (dist(["a b c"] * 3, ["d e f"] * 4), "spatial: list should have at least 4 items"),
+        (dist(["comb", "mirror", "bathroom sink", "comb"], ["x y z", "q r s", "t u v", "w x y"]), 'repeats item 1'),
+        (dist(["brushing hair", "mirror", "sink", "towel"], ["a b c", "d e f", "g h i", "j k l"]), "only repeats the action name"),
+        (dist(["mirror", "sink", "towel", "hair"], ["a b c", "d e f", "g h i", "j k l"]), "only repeats the action name"),
+        (dist(["a round brown potato", "mirror", "sink", "towel"], ["a b c", "d e f", "g h i", "j k l"]), "copied from an example"),
+        (dist(["mirror", "sink", "towel", "comb"], ["a b c", "d e f", "g h i", " ".join(["word"] * 20)]), "temporal.3: string should match pattern"),
+        (dist(["mirror", "sink", "towel", "<b>comb</b>"], ["a b c", "d e f", "g h i", "j k l"]), "spatial.3: string should match pattern"),
+        (dist(["mirror", "sink", "towel", "comb"], ["a b c", "d e f", "g h i", "comb"]), "repeats item 4"),
+    ],
+)
+def test_invalid_dist(answer, match):
+    with pytest.raises(InvalidAnswer, match=match):
+        validate_answer(DIST, DIST.schema(), "brush hair", answer)
+
+
+def test_action_anchor_is_checked_and_dropped():
+    schema = DIST.schema(action="brush hair")
+    answer = json.loads(GOOD_DIST)
+    k = validate_answer(DIST, schema, "brush hair", json.dumps({"action": "brush hair", **answer}))
+    assert "action" not in k and k == answer
+    with pytest.raises(InvalidAnswer, match="action"):
+        validate_answer(DIST, schema, "brush hair", json.dumps({"action": "catch", **answer}))
+
+
+def test_hint_does_not_quote_the_bad_item():
+    bad = dist(["comb", "mirror", "bathroom sink", "comb"], ["x y z", "q r s", "t u v", "w x y"])
+    with pytest.raises(InvalidAnswer) as err:
+        validate_answer(DIST, DIST.schema(), "brush hair", bad)
+    assert '"comb"' in str(err.value) and "comb" not in err.value.hint
+
+
+def test_counts_are_configurable():
+    schema = DIST.schema(spatial=2, temporal=3)
+    ok = dist(["comb", "mirror"], ["strokes down", "hand lifts", "hair tidy"])
+    assert len(validate_answer(DIST, schema, "brush hair", ok)["temporal"]) == 3
+    with pytest.raises(InvalidAnswer):
+        validate_answer(DIST, schema, "brush hair", GOOD_DIST)
+
+
+def _stage(stage, subject="diver", motion="leaps", obj="board", sentence="The diver bounces on the board and takes off."):
+    return {"stage": stage, "subject": subject, "motion": motion, "object": obj, "sentence": sentence}
+
+
+def test_lga_order_and_triplets():
+    good = {"stages": [
+        _stage("onset", motion="steps onto", obj="board", sentence="The diver walks to the end of the springboard."),
+        _stage("progression", motion="springs off", obj="board", sentence="The diver bends the board and flies into the air."),
+        _stage("completion", motion="enters", obj="water", sentence="The diver breaks the surface with hands first."),
+    ]}
+    assert validate_answer(LGA, LGA.schema(), "dive", json.dumps(good))["stages"][2]["object"] == "water"
+    swapped = {"stages": [good["stages"][1], good["stages"][0], good["stages"][2]]}
+    with pytest.raises(InvalidAnswer, match="onset, progression, completion in that order"):
+        validate_answer(LGA, LGA.schema(), "dive", json.dumps(swapped))
+    with pytest.raises(InvalidAnswer, match="literal_error|input should be"):
+        bad = {"stages": [_stage("start")] + good["stages"][1:]}
+        validate_answer(LGA, LGA.schema(), "dive", json.dumps(bad))
+
+
+def test_star_summary_must_differ_from_descriptors():
+    d = ["The player stands at the line.", "The ball is lifted above the head.", "The arms push it up.", "It drops through the hoop."]
+    good = {"descriptors": d, "summary": "A player throws a ball up into a hoop."}
+    assert validate_answer(STAR, STAR.schema(), "shoot ball", json.dumps(good))["summary"].startswith("A player")
+    with pytest.raises(InvalidAnswer, match="repeats item 1"):
+        validate_answer(STAR, STAR.schema(), "shoot ball", json.dumps({"descriptors": d, "summary": d[0]}))
