@@ -212,6 +212,11 @@ def list_sets():
     out.print(table)
 
 
+from fsar.cli.knowledge_embed import register  # noqa: E402  (embed, search, report)
+
+register(app)
+
+
 def main() -> None:
     app()
 

@@ -132,7 +132,8 @@ def save_knowledge(dataset: str, kind: str, model: str, rows: list[dict]) -> Kno
     """Write a whole knowledge set atomically (a reader never sees a half-written file); rows sorted by class index."""
     k = KINDS[kind]
     rows = sorted((_normalize_row(r, k) for r in rows), key=lambda r: r["index"])
-    ds = datasets.Dataset.from_list(rows, features=features(kind))
+    feats = features(kind)
+    ds = datasets.Dataset.from_list(rows, features=feats) if rows else datasets.Dataset.from_dict({k: [] for k in feats}, features=feats)
     folder = knowledge_dir(dataset, kind, model)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{FILE}.{os.getpid()}.tmp"
@@ -154,13 +155,13 @@ def save_knowledge(dataset: str, kind: str, model: str, rows: list[dict]) -> Kno
 
 
 def load_knowledge(dataset: str, kind: str, model: str | None = None) -> KnowledgeSet:
-    """Load a stored knowledge set; with no model, the only (or most recently updated) one.
-
-    Raises FileNotFoundError with the command that makes it.
+    """Load a stored knowledge set; with no model, the most recently updated one that is not a filtered copy
+    (a ``<model>.filtered`` set from ``fsar-knowledge report --filter`` is used only when named, or when it is all
+    there is). Raises FileNotFoundError with the command that makes it.
     """
     base = cache_root() / "knowledge" / dataset / kind
     if model is None:
-        found = sorted(base.glob(f"*/{FILE}"), key=lambda p: p.stat().st_mtime)
+        found = sorted(base.glob(f"*/{FILE}"), key=lambda p: (not p.parent.name.endswith(".filtered"), p.stat().st_mtime))
         if not found:
             raise FileNotFoundError(
                 f"no '{kind}' knowledge for dataset '{dataset}' in {cache_root()}; "

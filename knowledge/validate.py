@@ -122,16 +122,23 @@ def _check_item(label: str, text: str, class_name: str, kind: str, words: tuple[
             )
 
 
+def _near_duplicate(a: str, b: str) -> bool:
+    """Same text, or (for 4+ words) the same words up to one in five: 'looks at the hair' ~ 'looks at hair'."""
+    wa, wb = normalize(a).split(), normalize(b).split()
+    if wa == wb:
+        return True
+    sa, sb = set(wa), set(wb)
+    return min(len(sa), len(sb)) >= 4 and len(sa & sb) / len(sa | sb) >= 0.8
+
+
 def _check_unique(label: str, items: list[str]) -> None:
-    seen: dict[str, int] = {}
     for i, item in enumerate(items, 1):
-        key = normalize(item)
-        if key in seen:
-            raise InvalidAnswer(
-                f'{label} {i} "{item}" repeats item {seen[key]}; every item must be different',
-                "two items were the same; every item must say something different",
-            )
-        seen[key] = i
+        for j in range(1, i):
+            if _near_duplicate(item, items[j - 1]):
+                raise InvalidAnswer(
+                    f'{label} {i} "{item}" repeats item {j}; every item must be different',
+                    "two items were the same; every item must say something different",
+                )
 
 
 def validate_answer(kind: KnowledgeKind, schema: type[BaseModel], class_name: str, text: str) -> dict:

@@ -23,22 +23,24 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     """Start ``python -m llama_cpp.server`` on a free local port and wait until it lists its model."""
     from fsar.knowledge.backends.llamacpp import default_model_path
 
     path, _ = default_model_path()
     port = _free_port()
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a file, not a pipe: a full pipe blocks it
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", "gemma3-270m",
          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"llama_cpp.server exited: {proc.stderr.read()[-2000:]}")
+            log.seek(0)
+            pytest.fail(f"llama_cpp.server exited: {log.read()[-2000:]}")
         try:
             with urllib.request.urlopen(f"{url}/models", timeout=1) as r:
                 if json.load(r)["data"]:
@@ -51,6 +53,7 @@ def server():
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+    log.close()
 
 
 @pytest.mark.slow

@@ -101,3 +101,10 @@ def test_star_summary_must_differ_from_descriptors():
     assert validate_answer(STAR, STAR.schema(), "shoot ball", json.dumps(good))["summary"].startswith("A player")
     with pytest.raises(InvalidAnswer, match="repeats item 1"):
         validate_answer(STAR, STAR.schema(), "shoot ball", json.dumps({"descriptors": d, "summary": d[0]}))
+
+
+def test_near_duplicate_sentences_are_rejected():
+    d = ["The player stands at the line and looks at the hoop.", "The player stands at the line and looks at hoop.",
+         "The arms push the ball up.", "It drops through the hoop."]
+    with pytest.raises(InvalidAnswer, match="descriptor 2 .* repeats item 1"):
+        validate_answer(STAR, STAR.schema(), "shoot ball", json.dumps({"descriptors": d, "summary": "A ball is thrown into a hoop."}))
