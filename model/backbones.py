@@ -1,0 +1,217 @@
+"""Frame encoders, all through ``transformers`` (torchvision and timm do not load with the CPU torch used here).
+
+A backbone maps normalised images [B, 3, H, W] to tokens [B, 1 + P, D]: index 0 is the frame's global feature,
+1..P the patch tokens (CLIP) or the flattened positions of the last feature map (ResNet-50, tiny).
+
+- ``clip``: CLIP ViT-B/16 vision tower (``openai/clip-vit-base-patch16``), D = 768, 14 x 14 patches at 224; the final
+  layer norm is applied to every token.
+- ``resnet50``: ImageNet ResNet-50 (``microsoft/resnet-50``), D = 2048, 7 x 7 feature map at 224; batch norm always
+  runs on its stored statistics (episodes are far too small to estimate them).
+- ``tiny``: a four-block conv net with random initialisation (seeded) and a final batch norm on the tokens, D = 128,
+  4 x 4 map at 64 (its default size, the synthetic videos' size); for CPUs and tests.
+
+Tuning: ``frozen`` (no gradients, always in eval mode), ``full``, or an integer N: only the last N blocks (plus the
+final norm) learn.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+HUB_IDS = {"clip": "openai/clip-vit-base-patch16", "resnet50": "microsoft/resnet-50"}
+DEFAULT_SIZE = {"clip": 224, "resnet50": 224, "tiny": 64}
+
+
+def list_backbones() -> list[str]:
+    return ["clip", "resnet50", "tiny"]
+
+
+class BackboneUnavailable(RuntimeError):
+    """Pretrained weights could not be loaded (offline, no local copy)."""
+
+
+class Backbone(nn.Module):
+    """Common interface: ``forward(images) -> tokens [B, 1 + P, D]``, ``blocks()`` in input-to-output order."""
+
+    name: str = ""
+    dim: int = 0
+    norm: str = ""  # key of fsar.data.transforms.NORMALIZATION
+    pretrained: bool = False
+    tune: str = "frozen"
+
+    def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def final(self) -> list[nn.Module]:
+        """Modules after the last block that learn whenever any block learns (final norms)."""
+        return []
+
+    @property
+    def frozen(self) -> bool:
+        return self.tune == "frozen"
+
+    def set_tuning(self, tune: str | int) -> "Backbone":
+        """Choose which parameters learn: 'frozen', 'full', or N (the last N blocks)."""
+        tune = parse_tune(tune, len(self.blocks()))
+        self.tune = tune
+        self.requires_grad_(tune == "full")
+        if tune not in ("frozen", "full"):
+            for module in self.blocks()[-int(tune):] + self.final():
+                module.requires_grad_(True)
+        if self.frozen:
+            self.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode and not self.frozen)
+        return self
+
+
+def parse_tune(tune: str | int, num_blocks: int) -> str:
+    """'frozen' | 'full' | 'N' / 'last-N' -> a canonical string; a one-line error otherwise."""
+    text = str(tune).strip().lower().removeprefix("last-").removeprefix("last")
+    if text in ("frozen", "full"):
+        return text
+    if text.isdigit():
+        n = int(text)
+        if n == 0:
+            return "frozen"
+        if n >= num_blocks:
+            return "full"
+        return str(n)
+    raise ValueError(f"bad --tune '{tune}'; use frozen, full, or N (tune the last N of {num_blocks} blocks)")
+
+
+class TinyBackbone(Backbone):
+    """Four conv blocks (patchify stem, then 3x3 convs with GroupNorm): 64 px -> 16 -> 8 -> 4 -> 4 (112 px -> 7 x 7)."""
+
+    name, norm = "tiny", "tiny"
+
+    def __init__(self, dim: int = 128, width: int = 32):
+        super().__init__()
+        self.dim = dim
+
+        def block(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, kernel, stride, padding=(kernel - stride + 1) // 2 if kernel == 3 else 0, bias=False),
+                nn.GroupNorm(8, cout),
+                nn.GELU(),
+            )
+
+        self.layers = nn.ModuleList(
+            [block(3, width, 4, 4), block(width, 2 * width, 3, 2), block(2 * width, dim, 3, 2), block(dim, dim, 3, 1)]
+        )
+        # final batch norm (no activation after it): without it every GELU output shares one positive direction
+        # and all videos look alike to a cosine metric (cos ~0.98 at init), which stalls episodic training
+        self.out_norm = nn.BatchNorm1d(dim)
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.layers)
+
+    def final(self) -> list[nn.Module]:
+        return [self.out_norm]
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images
+        for layer in self.layers[:-1]:
+            x = layer(x)
+        x = x + self.layers[-1](x)  # residual last block
+        tokens = self.out_norm(x.flatten(2)).transpose(1, 2)  # [B, D, P] -> [B, P, D]
+        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+
+
+class CLIPBackbone(Backbone):
+    """CLIP vision tower: class token and patch tokens after the final layer norm."""
+
+    name, norm, dim = "clip", "clip", 768
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model  # transformers CLIPVisionModel
+        self.dim = model.config.hidden_size
+
+    @property
+    def tower(self) -> nn.Module:
+        return getattr(self.model, "vision_model", self.model)  # transformers < 5 nests the tower one level deeper
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.tower.encoder.layers)
+
+    def final(self) -> list[nn.Module]:
+        return [self.tower.post_layernorm]
+
+    def forward(self, images: Tensor) -> Tensor:
+        out = self.model(pixel_values=images)
+        return self.tower.post_layernorm(out.last_hidden_state)
+
+
+class ResNetBackbone(Backbone):
+    """ResNet-50 feature map of the last stage, plus its average-pooled vector as the global token."""
+
+    name, norm, dim = "resnet50", "resnet50", 2048
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model  # transformers ResNetModel
+        self.dim = model.config.hidden_sizes[-1]
+
+    def blocks(self) -> list[nn.Module]:
+        return [layer for stage in self.model.encoder.stages for layer in stage.layers]
+
+    def train(self, mode: bool = True) -> "ResNetBackbone":
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        fmap = self.model(pixel_values=images).last_hidden_state  # [B, D, h, w]
+        tokens = fmap.flatten(2).transpose(1, 2)
+        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+
+
+def build_backbone(
+    name: str, path: str | None = None, tune: str | int = "frozen", seed: int = 0, config=None
+) -> Backbone:
+    """Make a backbone by name. Pretrained weights come from ``path`` or the hub id; ``config`` (a transformers
+    config) builds a randomly initialised model instead, without any download (used by tests).
+
+    ``tiny`` is initialised from ``seed`` so that every process and rank builds the same network.
+    """
+    if name not in list_backbones():
+        raise KeyError(f"unknown backbone '{name}'; choose one of: {', '.join(list_backbones())}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == "tiny":
+            backbone: Backbone = TinyBackbone()
+        else:
+            from transformers import CLIPVisionModel, ResNetModel
+
+            cls = CLIPVisionModel if name == "clip" else ResNetModel
+            if config is not None:
+                model = cls(config)
+            else:
+                source = path or HUB_IDS[name]
+                try:
+                    model = cls.from_pretrained(source)
+                except (OSError, ValueError) as e:
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise BackboneUnavailable(
+                        f"cannot load {name} weights from '{source}' ({first[:160]}); download them once with "
+                        f"network access or pass --backbone-path DIR pointing at a local copy"
+                    ) from None
+            backbone = CLIPBackbone(model) if name == "clip" else ResNetBackbone(model)
+            backbone.pretrained = config is None
+    return backbone.set_tuning(tune)
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's weights and buffers (identifies cached features of exactly these weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
