@@ -6,18 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+
+from fsar.cli.common import console, fail, out
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Stage 2 data: video benchmarks.")
-console = Console(stderr=True)
-out = Console()
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error and exit."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @app.command()

@@ -9,20 +9,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+
+from fsar.cli.common import console, out
+from fsar.cli.common import fail as _fail
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(stderr=True)
-out = Console()
 
 ENCODER_HELP = "sentence-transformers model: id (clip-ViT-B-16), local folder; default all-MiniLM-L6-v2 (packaged, offline)"
-
-
-def _fail(message: str, code: int = 2) -> None:
-    """Print a one-line error and exit."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _message(e: BaseException) -> str:
