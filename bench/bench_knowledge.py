@@ -27,7 +27,12 @@ def main() -> None:
     ap.add_argument("--skip-server", action="store_true", help="skip the openai-backend concurrency measurement")
     ap.add_argument("--server-classes", type=int, default=8)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--summarize", action="store_true", help="only print the figures of what --cache already holds "
+                    "(e.g. after an interrupted run), from each row's provenance")
     args = ap.parse_args()
+    if args.summarize:
+        summarize(Path(args.cache), args.dataset, args.kinds.split(","))
+        return
 
     cache = Path(args.cache or tempfile.mkdtemp(prefix="fsar-bench-"))
     os.environ["FSAR_CACHE"] = str(cache)
@@ -91,6 +96,31 @@ def main() -> None:
               f"{r['valid_first_attempt']:.0%} | {r['valid_after_retries']:.0%} |")
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2))
+
+
+def summarize(cache: Path, dataset: str, kinds: list[str]) -> None:
+    """Figures of stored knowledge sets: validity, attempts, and generation speed from the rows' provenance."""
+    os.environ["FSAR_CACHE"] = str(cache)
+    from fsar.knowledge.store import load_knowledge
+
+    print("| kind | classes | valid 1st attempt | valid after retries | tokens/s | generation s per class |")
+    print("|---|---|---|---|---|---|")
+    for kind in kinds:
+        try:
+            rows = list(load_knowledge(dataset, kind).rows)
+        except FileNotFoundError:
+            continue
+        n = len(rows)
+        first = sum(r["status"] == "ok" and r["provenance"]["attempts"] == 1 for r in rows)
+        ok = sum(r["status"] == "ok" for r in rows)
+        # generation time from the cached answers themselves (each records its own seconds and tokens)
+        answers = [json.loads(p.read_text())["response"] for r in rows for k in r["provenance"]["cache_keys"]
+                   for p in [cache / "llm" / "responses" / k[:2] / f"{k}.json"] if p.exists()]
+        tokens = sum(a.get("completion_tokens") or 0 for a in answers)
+        seconds = sum(a.get("seconds") or 0.0 for a in answers)
+        failed = [r["class_name"] for r in rows if r["status"] != "ok"]
+        print(f"| {kind} | {n} | {first / n:.0%} | {ok / n:.0%} | {tokens / seconds:.1f} | {seconds / n:.1f} |"
+              + (f" failed: {', '.join(failed)}" if failed else ""))
 
 
 def bench_server(dataset: str, n_classes: int) -> dict:
