@@ -24,7 +24,7 @@ def generate(
     backend: str = typer.Option("llamacpp", help="llamacpp (embedded, offline), openai (any compatible server), vllm"),
     model: Optional[str] = typer.Option(None, help="GGUF path (llamacpp) or model name (openai, vllm)"),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1"),
-    concurrency: int = typer.Option(1, min=1, help="requests in flight (openai backend)"),
+    concurrency: Optional[int] = typer.Option(None, min=1, help="requests in flight: sequences decoded together (llamacpp, default 8; 1 makes each answer depend on its request alone) or concurrent requests (openai, default 4)"),
     seed: int = typer.Option(0, help="sampling seed (attempt i uses seed + i)"),
     temperature: float = typer.Option(0.7, min=0.0, help="sampling temperature"),
     max_tokens: int = typer.Option(384, min=1, help="token limit of one answer"),

@@ -202,6 +202,7 @@ class Generator:
                 "max_tokens": self.opts.max_tokens,
                 "frequency_penalty": self.opts.frequency_penalty,
                 "presence_penalty": self.opts.presence_penalty,
+                "concurrency": self.backend.concurrency,  # batched decoding can round differently (llamacpp)
                 "attempts": first + len(raw),
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": tokens,
@@ -272,7 +273,7 @@ def generate_knowledge(
     backend: str | Backend = "llamacpp",
     model: str | None = None,
     base_url: str | None = None,
-    concurrency: int = 1,
+    concurrency: int | None = None,
     options: GenerateOptions | None = None,
     on_event: Callable[[ClassEvent], None] | None = None,
     on_plan: Callable[[str, int], None] | None = None,

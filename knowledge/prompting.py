@@ -13,12 +13,15 @@ from fsar.knowledge.validate import normalize
 
 @lru_cache(maxsize=None)
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FunctionLoader(lambda name: (resources.files("fsar.prompts") / name).read_text()),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
         autoescape=False,
     )
+    # Jinja's own tojson sorts keys; the examples must show fields in the order the schema makes the model write them
+    env.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+    return env
 
 
 @lru_cache(maxsize=None)

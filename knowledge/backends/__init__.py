@@ -6,16 +6,17 @@ from fsar.knowledge.backends.base import Backend, BackendError, Completion, Samp
 BACKENDS = ("llamacpp", "openai", "vllm")
 
 
-def make_backend(name: str, model: str | None = None, base_url: str | None = None, concurrency: int = 1) -> Backend:
-    """Build a backend by name; a one-line BackendError when it cannot run here."""
+def make_backend(name: str, model: str | None = None, base_url: str | None = None, concurrency: int | None = None) -> Backend:
+    """Build a backend by name; a one-line BackendError when it cannot run here. ``concurrency``: requests in flight
+    (None: the backend's default, 8 sequences decoded together for llamacpp, 4 requests for openai)."""
     if name == "llamacpp":
         from fsar.knowledge.backends.llamacpp import LlamaCppBackend
 
-        return LlamaCppBackend(model)
+        return LlamaCppBackend(model, parallel=concurrency)
     if name == "openai":
         from fsar.knowledge.backends.openai_api import OpenAIBackend
 
-        return OpenAIBackend(model, base_url=base_url, concurrency=concurrency)
+        return OpenAIBackend(model, base_url=base_url, concurrency=concurrency or 4)
     if name == "vllm":
         from fsar.knowledge.backends.vllm_backend import VLLMBackend
 
