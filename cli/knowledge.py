@@ -30,6 +30,7 @@ def generate(
     max_tokens: int = typer.Option(384, min=1, help="token limit of one answer"),
     frequency_penalty: float = typer.Option(0.3, help="penalty on tokens by how often they were generated"),
     presence_penalty: float = typer.Option(0.5, help="penalty on tokens already generated"),
+    no_repeat_ngram: int = typer.Option(4, min=0, help="llamacpp: never repeat a run of this many word tokens in one answer (0: off)"),
     max_attempts: int = typer.Option(3, min=1, help="attempts per class before it is recorded as failed"),
     n_spatial: Optional[int] = typer.Option(None, help="dist: number of spatial attributes (default 4)"),
     n_temporal: Optional[int] = typer.Option(None, help="dist: number of temporal attributes (default 4)"),
@@ -57,7 +58,7 @@ def generate(
 
     opts = GenerateOptions(
         seed=seed, temperature=temperature, max_tokens=max_tokens, frequency_penalty=frequency_penalty,
-        presence_penalty=presence_penalty, max_attempts=max_attempts, force=force, counts=counts,
+        presence_penalty=presence_penalty, no_repeat_ngram=no_repeat_ngram, max_attempts=max_attempts, force=force, counts=counts,
     )
     progress = Progress(
         SpinnerColumn(),

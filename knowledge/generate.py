@@ -37,6 +37,8 @@ class GenerateOptions:
     # measured on Gemma 3 270M: without penalties it repeats one phrase across the list; stronger ones give junk
     frequency_penalty: float = 0.3
     presence_penalty: float = 0.5
+    # embedded model: no run of 4 word tokens twice in one answer (the 270M model copies one stage into the next)
+    no_repeat_ngram: int = 4
     max_attempts: int = 3
     force: bool = False
     counts: dict[str, int] = field(default_factory=dict)  # e.g. {"spatial": 4, "temporal": 4, "descriptors": 4}
@@ -163,6 +165,7 @@ class Generator:
                 max_tokens=self.opts.max_tokens,
                 frequency_penalty=self.opts.frequency_penalty,
                 presence_penalty=self.opts.presence_penalty,
+                no_repeat_ngram=self.opts.no_repeat_ngram,
             )
             text, key, response = await self._ask(prompt, schema_json, sampling, summary)
             raw.append(text)
@@ -202,6 +205,7 @@ class Generator:
                 "max_tokens": self.opts.max_tokens,
                 "frequency_penalty": self.opts.frequency_penalty,
                 "presence_penalty": self.opts.presence_penalty,
+                "no_repeat_ngram": self.opts.no_repeat_ngram,
                 "concurrency": self.backend.concurrency,  # batched decoding can round differently (llamacpp)
                 "attempts": first + len(raw),
                 "prompt_tokens": prompt_tokens,

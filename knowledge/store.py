@@ -53,6 +53,8 @@ PROVENANCE_FEATURES = {
     "max_tokens": Value("int64"),
     "frequency_penalty": Value("float64"),
     "presence_penalty": Value("float64"),
+    "no_repeat_ngram": Value("int64"),
+    "concurrency": Value("int64"),  # requests decoded together (llamacpp) or in flight (openai)
     "attempts": Value("int64"),
     "prompt_tokens": Value("int64"),
     "completion_tokens": Value("int64"),

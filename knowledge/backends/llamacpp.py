@@ -129,6 +129,7 @@ class LlamaCppBackend(Backend):
             max_tokens=sampling.max_tokens,
             frequency_penalty=sampling.frequency_penalty,
             presence_penalty=sampling.presence_penalty,
+            no_repeat_ngram=sampling.no_repeat_ngram,
         )
         return self._load().submit(prompt, self._grammar(schema), sampler)
 

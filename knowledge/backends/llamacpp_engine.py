@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import re
 import threading
 import time
 from concurrent.futures import Future
@@ -37,6 +38,8 @@ class Sampler:
     min_p: float = 0.05
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # no run of this many word tokens twice in one answer (0: off); small models copy one item into the next
+    no_repeat_ngram: int = 0
     max_tokens: int = 384
 
 
@@ -70,6 +73,7 @@ class _Request:
     last: int = -1
     tokens: list[int] = field(default_factory=list)
     counts: collections.Counter = field(default_factory=collections.Counter)
+    ngrams: dict[tuple, set] = field(default_factory=dict)  # (n-1 word tokens) -> tokens that followed them
     grammar_ptr: object = None
     rng: np.random.Generator | None = None
     prompt_tokens: int = 0
@@ -114,6 +118,7 @@ class BatchedDecoder:
         self._top = _TokenArray(llama_cpp, TOP_CANDIDATES)
         self._full = _TokenArray(llama_cpp, self.n_vocab)
         self._full_ids = np.arange(self.n_vocab, dtype=np.int32)
+        self._word_tokens: dict[int, bool] = {}
         self._pending: collections.deque[_Request] = collections.deque()
         self._active: list[_Request] = []
         self._cond = threading.Condition()
@@ -204,6 +209,9 @@ class BatchedDecoder:
         req.tokens.append(token)
         req.counts[token] += 1
         req.last = token
+        n = req.sampler.no_repeat_ngram
+        if n and len(req.tokens) >= n and all(self._is_word(t) for t in req.tokens[-n:]):
+            req.ngrams.setdefault(tuple(req.tokens[-n:-1]), set()).add(token)
         if len(req.tokens) >= req.sampler.max_tokens:
             self._finish(req)
 
@@ -233,13 +241,21 @@ class BatchedDecoder:
             ids = np.fromiter(req.counts.keys(), dtype=np.int64)
             n = np.fromiter(req.counts.values(), dtype=np.float32)
             logits[ids] -= s.frequency_penalty * n + s.presence_penalty
+        n = s.no_repeat_ngram
+        banned = req.ngrams.get(tuple(req.tokens[-(n - 1) :])) if n and len(req.tokens) >= n - 1 else None
+        masked = logits
+        if banned:
+            masked = logits.copy()
+            masked[list(banned)] = -np.inf
         # grammar on the best candidates first; on the whole vocabulary only when none of them is allowed
-        top = np.argpartition(logits, -TOP_CANDIDATES)[-TOP_CANDIDATES:]
-        ids, lg = self._allowed(req, top.astype(np.int32), logits[top])
+        top = np.argpartition(masked, -TOP_CANDIDATES)[-TOP_CANDIDATES:]
+        ids, lg = self._allowed(req, top.astype(np.int32), masked[top])
         if ids.size == 0:
+            ids, lg = self._allowed(req, self._full_ids, masked, full=True)
+        if ids.size == 0 and banned:  # the grammar wants exactly a banned word: let it have it
             ids, lg = self._allowed(req, self._full_ids, logits, full=True)
-            if ids.size == 0:
-                return None  # nothing fits the grammar: the answer ends here (and fails validation)
+        if ids.size == 0:
+            return None  # nothing fits the grammar: the answer ends here (and fails validation)
         order = np.argsort(-lg, kind="stable")[: s.top_k]
         ids, lg = ids[order], lg[order]
         if s.temperature <= 0:
@@ -260,6 +276,12 @@ class BatchedDecoder:
         return view["id"][ok].copy(), view["logit"][ok].copy()
 
     # ---- llama.cpp plumbing -----------------------------------------------------------------------------------
+    def _is_word(self, token: int) -> bool:
+        """A token of plain words (letters, spaces, apostrophes, hyphens): JSON punctuation never counts."""
+        if token not in self._word_tokens:
+            self._word_tokens[token] = bool(_WORD.fullmatch(self._piece(token)))
+        return self._word_tokens[token]
+
     def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = self.L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
@@ -302,6 +324,7 @@ class BatchedDecoder:
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
 
+_WORD = re.compile(rb"[A-Za-z' -]+")
 _TOKEN_DTYPE = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
