@@ -110,7 +110,17 @@ def _generate(dataset: str, kind: str, split: str) -> None:
 
     _say(f"[bold]{dataset} · {kind}[/]: knowledge missing for split '{split}'; generating it with the embedded LLM "
          f"(= fsar-knowledge generate --dataset {dataset} --kind {kind} --split {split})")
-    generate_knowledge(dataset=dataset, kinds=kind, split=split)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    tasks: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True)) as progress:
+        generate_knowledge(
+            dataset=dataset, kinds=kind, split=split,
+            on_plan=lambda k, n: tasks.setdefault(k, progress.add_task(f"{dataset} · {k} classes", total=n)),
+            on_event=lambda e: progress.advance(tasks[e.kind]),
+        )
 
 
 def _missing(ks: KnowledgeSet, classes: list[tuple[str, str]]) -> list[tuple[str, str]]:

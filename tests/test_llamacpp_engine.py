@@ -98,3 +98,24 @@ def test_grammar_falls_back_to_the_whole_vocabulary_and_limits_hold(model_path):
             dec.submit("word " * 1500, free, Sampler(max_tokens=10)).result(timeout=120)
     finally:
         dec.close()
+
+
+def _repeated_runs(text: str, n: int) -> set[tuple[str, ...]]:
+    words = text.split()
+    runs = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return {r for r in runs if runs.count(r) > 1}
+
+
+@pytest.mark.slow
+def test_no_repeat_ngram_stops_the_copy_loop(model_path):
+    """Greedy decoding on a repetitive prompt loops on one phrase; with the 4-gram ban no run of 4 words repeats."""
+    prompt = "red fox jumps high, red fox jumps high, red fox jumps high, red fox jumps high,"
+    words = 'root ::= [a-z] [a-z ]+'
+    dec = BatchedDecoder(model_path, n_threads=2, n_parallel=2)
+    try:
+        loop = dec.submit(prompt, words, Sampler(temperature=0.0, max_tokens=24)).result(timeout=120).text
+        free = dec.submit(prompt, words, Sampler(temperature=0.0, max_tokens=24, no_repeat_ngram=4)).result(timeout=120).text
+    finally:
+        dec.close()
+    assert _repeated_runs(loop, 4), loop  # the test means something: without the ban the model repeats
+    assert not _repeated_runs(free, 4), free

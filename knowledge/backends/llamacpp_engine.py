@@ -87,6 +87,7 @@ class BatchedDecoder:
         import llama_cpp
         from llama_cpp import _internals
         from llama_cpp._logger import set_verbose
+        from llama_cpp._utils import suppress_stdout_stderr
 
         set_verbose(False)
         self.L = llama_cpp
@@ -107,7 +108,8 @@ class BatchedDecoder:
         cparams.swa_full = True  # Gemma's sliding-window layers keep every cell, so heads can be shared
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
-        self.ctx = _internals.LlamaContext(model=self.model, params=cparams, verbose=False)
+        with suppress_stdout_stderr(disable=False):  # llama.cpp prints a note about the SWA cache otherwise
+            self.ctx = _internals.LlamaContext(model=self.model, params=cparams, verbose=False)
         self.vocab = self.model.vocab
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
