@@ -17,7 +17,7 @@ from fsar.knowledge.backends.base import Backend, BackendError, Completion, Samp
 from fsar.knowledge.backends.llamacpp_engine import BatchedDecoder, Sampler
 
 DEFAULT_MODEL = "gemma-3-270m-q4_k_m.gguf"
-DEFAULT_PARALLEL = 8  # requests decoded together: 55 tokens/s on 2 cores against 29 for one (bench_knowledge.py)
+DEFAULT_PARALLEL = 8  # requests decoded together; speed by parallelism: bench/bench_decoder.py
 
 
 def default_model_path() -> tuple[Path, str | None]:
