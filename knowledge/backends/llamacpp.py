@@ -122,16 +122,7 @@ class LlamaCppBackend(Backend):
         return self._grammars[key]
 
     def _submit(self, prompt: str, schema: dict, sampling: Sampling):
-        sampler = Sampler(
-            seed=sampling.seed,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            frequency_penalty=sampling.frequency_penalty,
-            presence_penalty=sampling.presence_penalty,
-            no_repeat_ngram=sampling.no_repeat_ngram,
-        )
-        return self._load().submit(prompt, self._grammar(schema), sampler)
+        return self._load().submit(prompt, self._grammar(schema), Sampler(**sampling.as_dict()))
 
     @staticmethod
     def _completion(result) -> Completion:

@@ -24,23 +24,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fsar.knowledge.backends.base import Sampling
+
 TOP_CANDIDATES = 64  # grammar is checked on this many best tokens first
 
 
 @dataclass(frozen=True)
-class Sampler:
-    """How a token is drawn: penalties on tokens already written, then top-k, temperature, top-p and min-p."""
+class Sampler(Sampling):
+    """How a token is drawn: penalties on tokens already written (and the no-repeat ban), then top-k, temperature,
+    top-p and min-p (the cut-offs llama.cpp's own sampler uses by default)."""
 
-    seed: int = 0
-    temperature: float = 0.7
     top_k: int = 40
-    top_p: float = 0.95
     min_p: float = 0.05
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    # no run of this many word tokens twice in one answer (0: off); small models copy one item into the next
-    no_repeat_ngram: int = 0
-    max_tokens: int = 384
 
 
 @dataclass
@@ -73,7 +68,7 @@ class _Request:
     last: int = -1
     tokens: list[int] = field(default_factory=list)
     counts: collections.Counter = field(default_factory=collections.Counter)
-    ngrams: dict[tuple, set] = field(default_factory=dict)  # (n-1 word tokens) -> tokens that followed them
+    ngrams: dict[tuple, set] = field(default_factory=dict)  # (n-1 words) -> words that followed them
     grammar_ptr: object = None
     rng: np.random.Generator | None = None
     prompt_tokens: int = 0
@@ -120,7 +115,7 @@ class BatchedDecoder:
         self._top = _TokenArray(llama_cpp, TOP_CANDIDATES)
         self._full = _TokenArray(llama_cpp, self.n_vocab)
         self._full_ids = np.arange(self.n_vocab, dtype=np.int32)
-        self._word_tokens: dict[int, bool] = {}
+        self._word_tokens: dict[int, str] = {}
         self._pending: collections.deque[_Request] = collections.deque()
         self._active: list[_Request] = []
         self._cond = threading.Condition()
@@ -212,8 +207,10 @@ class BatchedDecoder:
         req.counts[token] += 1
         req.last = token
         n = req.sampler.no_repeat_ngram
-        if n and len(req.tokens) >= n and all(self._is_word(t) for t in req.tokens[-n:]):
-            req.ngrams.setdefault(tuple(req.tokens[-n:-1]), set()).add(token)
+        if n and len(req.tokens) >= n:
+            words = [self._word(t) for t in req.tokens[-n:]]
+            if all(words):
+                req.ngrams.setdefault(tuple(words[:-1]), set()).add(words[-1])
         if len(req.tokens) >= req.sampler.max_tokens:
             self._finish(req)
 
@@ -243,18 +240,14 @@ class BatchedDecoder:
             ids = np.fromiter(req.counts.keys(), dtype=np.int64)
             n = np.fromiter(req.counts.values(), dtype=np.float32)
             logits[ids] -= s.frequency_penalty * n + s.presence_penalty
-        n = s.no_repeat_ngram
-        banned = req.ngrams.get(tuple(req.tokens[-(n - 1) :])) if n and len(req.tokens) >= n - 1 else None
-        masked = logits
-        if banned:
-            masked = logits.copy()
-            masked[list(banned)] = -np.inf
         # grammar on the best candidates first; on the whole vocabulary only when none of them is allowed
-        top = np.argpartition(masked, -TOP_CANDIDATES)[-TOP_CANDIDATES:]
-        ids, lg = self._allowed(req, top.astype(np.int32), masked[top])
-        if ids.size == 0:
-            ids, lg = self._allowed(req, self._full_ids, masked, full=True)
-        if ids.size == 0 and banned:  # the grammar wants exactly a banned word: let it have it
+        top = np.argpartition(logits, -TOP_CANDIDATES)[-TOP_CANDIDATES:].astype(np.int32)
+        top_logits = logits[top]
+        banned = self._banned(req)
+        if banned:  # words that would repeat a run of n words (" fox" and "Fox" count as the same word)
+            top_logits[[self._word(int(t)) in banned for t in top]] = -np.inf
+        ids, lg = self._allowed(req, top, top_logits)
+        if ids.size == 0:  # (the ban does not apply here: the grammar may want exactly a banned word)
             ids, lg = self._allowed(req, self._full_ids, logits, full=True)
         if ids.size == 0:
             return None  # nothing fits the grammar: the answer ends here (and fails validation)
@@ -278,10 +271,19 @@ class BatchedDecoder:
         return view["id"][ok].copy(), view["logit"][ok].copy()
 
     # ---- llama.cpp plumbing -----------------------------------------------------------------------------------
-    def _is_word(self, token: int) -> bool:
-        """A token of plain words (letters, spaces, apostrophes, hyphens): JSON punctuation never counts."""
+    def _banned(self, req: _Request) -> set[str] | None:
+        """The words that may not come next: they would complete a run of n words already in the answer."""
+        n = req.sampler.no_repeat_ngram
+        if not n or len(req.tokens) < n - 1:
+            return None
+        words = tuple(self._word(t) for t in req.tokens[len(req.tokens) - (n - 1) :])
+        return req.ngrams.get(words) if all(words) else None
+
+    def _word(self, token: int) -> str:
+        """A token's word, lower-cased without its leading space; "" for JSON punctuation, digits and blanks."""
         if token not in self._word_tokens:
-            self._word_tokens[token] = bool(_WORD.fullmatch(self._piece(token)))
+            piece = self._piece(token)
+            self._word_tokens[token] = piece.strip().lower().decode() if _WORD.fullmatch(piece) else ""
         return self._word_tokens[token]
 
     def _piece(self, token: int) -> bytes:
