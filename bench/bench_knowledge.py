@@ -3,6 +3,7 @@ and the openai backend's concurrency speed-up against a local llama.cpp server.
 
     python bench/bench_knowledge.py                      # all 51 hmdb51 classes x dist, lga, star
     python bench/bench_knowledge.py --limit 10 --kinds dist --skip-server
+    python bench/bench_knowledge.py --replay --cache DIR   # only the cached rerun of a finished run
 
 It uses a fresh cache folder (``--cache``, default a temporary one) so the first run really calls the LLM.
 """
@@ -28,11 +29,17 @@ def main() -> None:
     ap.add_argument("--skip-server", action="store_true", help="skip the openai-backend concurrency measurement")
     ap.add_argument("--server-classes", type=int, default=8)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--replay", action="store_true", help="only time the fully cached rerun of what --cache holds "
+                    "(its knowledge store is rebuilt from the cached answers)")
     ap.add_argument("--summarize", action="store_true", help="only print the figures of what --cache already holds "
                     "(e.g. after an interrupted run), from each row's provenance")
     args = ap.parse_args()
     if args.summarize:
         summarize(Path(args.cache), args.dataset, args.kinds.split(","))
+        return
+    if args.replay:
+        os.environ["FSAR_CACHE"] = str(Path(args.cache))
+        replay(Path(args.cache), args)
         return
 
     cache = Path(args.cache or tempfile.mkdtemp(prefix="fsar-bench-"))
@@ -72,22 +79,7 @@ def main() -> None:
     figures["generation"] = rows
     backend.close()
 
-    # a fully cached rerun: in-process (what the generator itself costs) and as a fresh CLI process
-    t0 = time.perf_counter()
-    summaries = generate_knowledge(args.dataset, args.kinds, limit=args.limit, backend=LlamaCppBackend())
-    figures["cached_rerun_in_process_s"] = round(time.perf_counter() - t0, 3)
-    figures["cached_rerun_llm_calls"] = sum(s.llm_calls for s in summaries)
-    cmd = [sys.executable, "-m", "fsar.cli.knowledge", "generate", "--dataset", args.dataset, "--kind", args.kinds]
-    if args.limit:
-        cmd += ["--limit", str(args.limit)]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, capture_output=True, env=os.environ)
-    figures["cached_rerun_cli_s"] = round(time.perf_counter() - t0, 3)
-    print(
-        f"cached rerun: {figures['cached_rerun_in_process_s']} s in process, {figures['cached_rerun_cli_s']} s as a "
-        f"new CLI process, {figures['cached_rerun_llm_calls']} LLM calls",
-        flush=True,
-    )
+    figures.update(replay(cache, args))
 
     if not args.skip_server:
         figures["server"] = bench_server(args.dataset, args.server_classes)
@@ -100,6 +92,33 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2))
 
+
+
+def replay(cache: Path, args) -> dict:
+    """A fully cached rerun: the knowledge store deleted, every answer replayed from the response cache (failed
+    classes too: all their attempts are cached), in-process (what the generator costs) and as a fresh CLI process."""
+    import shutil
+
+    from fsar.knowledge.backends.llamacpp import LlamaCppBackend
+    from fsar.knowledge.generate import generate_knowledge
+
+    shutil.rmtree(cache / "knowledge")
+    t0 = time.perf_counter()
+    summaries = generate_knowledge(args.dataset, args.kinds, limit=args.limit, backend=LlamaCppBackend())
+    out = {"cached_rerun_in_process_s": round(time.perf_counter() - t0, 3),
+           "cached_rerun_llm_calls": sum(s.llm_calls for s in summaries),
+           "cached_rerun_answers": sum(s.cache_hits for s in summaries)}
+    shutil.rmtree(cache / "knowledge")
+    cmd = [sys.executable, "-m", "fsar.cli.knowledge", "generate", "--dataset", args.dataset, "--kind", args.kinds]
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, capture_output=True, env=os.environ)
+    out["cached_rerun_cli_s"] = round(time.perf_counter() - t0, 3)
+    print(f"cached rerun (store deleted, {out['cached_rerun_answers']} answers from the cache): "
+          f"{out['cached_rerun_in_process_s']} s in process, {out['cached_rerun_cli_s']} s as a new CLI process, "
+          f"{out['cached_rerun_llm_calls']} LLM calls", flush=True)
+    return out
 
 def summarize(cache: Path, dataset: str, kinds: list[str]) -> None:
     """Figures of stored knowledge sets: validity, attempts, and generation speed from the rows' provenance."""

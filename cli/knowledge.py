@@ -31,7 +31,7 @@ def generate(
     max_tokens: int = typer.Option(384, min=1, help="token limit of one answer"),
     frequency_penalty: float = typer.Option(0.3, help="penalty on tokens by how often they were generated"),
     presence_penalty: float = typer.Option(0.5, help="penalty on tokens already generated"),
-    no_repeat_ngram: int = typer.Option(4, min=0, help="llamacpp: never repeat a run of this many word tokens in one answer (0: off)"),
+    no_repeat_ngram: int = typer.Option(4, min=0, help="llamacpp: never repeat a run of this many words in one answer (0: off)"),
     max_attempts: int = typer.Option(3, min=1, help="attempts per class before it is recorded as failed"),
     n_spatial: Optional[int] = typer.Option(None, help="dist: number of spatial attributes (default 4)"),
     n_temporal: Optional[int] = typer.Option(None, help="dist: number of temporal attributes (default 4)"),

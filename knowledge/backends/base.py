@@ -16,7 +16,7 @@ class Sampling:
     # small models loop on one phrase; a penalty on tokens already generated breaks the loop
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    no_repeat_ngram: int = 0  # llamacpp only: no run of this many word tokens twice in one answer
+    no_repeat_ngram: int = 0  # llamacpp only: no run of this many words twice in one answer
 
     def as_dict(self) -> dict:
         return asdict(self)
