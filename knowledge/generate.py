@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -28,20 +28,22 @@ FSAR_VERSION = "0.1.0"
 SAVE_EVERY_S = 2.0  # how often finished classes are written to the store during a run
 
 
-@dataclass
-class GenerateOptions:
-    seed: int = 0
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_tokens: int = 384
+@dataclass(frozen=True)
+class GenerateOptions(Sampling):
+    """The sampling of every request (attempt i of a class uses seed + i) and how a run goes."""
+
     # measured on Gemma 3 270M: without penalties it repeats one phrase across the list; stronger ones give junk
     frequency_penalty: float = 0.3
     presence_penalty: float = 0.5
-    # embedded model: no run of 4 word tokens twice in one answer (the 270M model copies one stage into the next)
+    # embedded model: no run of 4 words twice in one answer (the 270M model copies one stage into the next)
     no_repeat_ngram: int = 4
     max_attempts: int = 3
     force: bool = False
     counts: dict[str, int] = field(default_factory=dict)  # e.g. {"spatial": 4, "temporal": 4, "descriptors": 4}
+
+    def sampling(self) -> dict:
+        """The sampling fields alone (what goes into a request's cache key and a row's provenance)."""
+        return {f.name: getattr(self, f.name) for f in fields(Sampling)}
 
 
 @dataclass
@@ -158,15 +160,7 @@ class Generator:
         knowledge = None
         for attempt in range(self.opts.max_attempts):
             prompt = render_prompt(kind.name, cls.name, counts, error)
-            sampling = Sampling(
-                seed=self.opts.seed + first + attempt,
-                temperature=self.opts.temperature,
-                top_p=self.opts.top_p,
-                max_tokens=self.opts.max_tokens,
-                frequency_penalty=self.opts.frequency_penalty,
-                presence_penalty=self.opts.presence_penalty,
-                no_repeat_ngram=self.opts.no_repeat_ngram,
-            )
+            sampling = Sampling(**{**self.opts.sampling(), "seed": self.opts.seed + first + attempt})
             text, key, response = await self._ask(prompt, schema_json, sampling, summary)
             raw.append(text)
             keys.append(key)
@@ -199,13 +193,7 @@ class Generator:
                 "template": f"{kind.name}.jinja",
                 "template_hash": template_hash(kind.name),
                 "schema_hash": schema_hash(kind, self.opts.counts),
-                "seed": self.opts.seed,
-                "temperature": self.opts.temperature,
-                "top_p": self.opts.top_p,
-                "max_tokens": self.opts.max_tokens,
-                "frequency_penalty": self.opts.frequency_penalty,
-                "presence_penalty": self.opts.presence_penalty,
-                "no_repeat_ngram": self.opts.no_repeat_ngram,
+                **self.opts.sampling(),
                 "concurrency": self.backend.concurrency,  # batched decoding can round differently (llamacpp)
                 "attempts": first + len(raw),
                 "prompt_tokens": prompt_tokens,
