@@ -94,8 +94,11 @@ def test_grammar_falls_back_to_the_whole_vocabulary_and_limits_hold(model_path):
         g2 = dec.submit("Once upon a time", free, Sampler(seed=2, temperature=0.0, max_tokens=8)).result(timeout=120)
         assert g1.text == g2.text
 
+        # a prompt too long fails alone, with a message; the request beside it is answered
+        beside = dec.submit("Once upon a time", free, Sampler(seed=3, max_tokens=6))
         with pytest.raises(ValueError, match="lower --max-tokens"):
             dec.submit("word " * 1500, free, Sampler(max_tokens=10)).result(timeout=120)
+        assert beside.result(timeout=120).completion_tokens == 6
     finally:
         dec.close()
 

@@ -152,13 +152,16 @@ class BatchedDecoder:
                 if self._closed:
                     break
                 admitted = [self._pending.popleft() for _ in range(min(len(self._pending), len(self._free_seqs)))]
-            try:
-                for req in admitted:
+            for req in admitted:
+                try:
                     self._start(req)
+                except Exception as e:  # a bad request (a prompt too long) fails alone
+                    self._finish(req, error=e)
+            try:
                 if self._active:
                     self._step()
             except Exception as e:  # a broken context fails every request in flight, never hangs them
-                for req in admitted + self._active:
+                for req in list(self._active):
                     self._finish(req, error=e)
         for req in list(self._active) + list(self._pending):
             req.future.cancel() or self._finish(req, error=RuntimeError("decoder closed"))
