@@ -11,6 +11,8 @@ bench_dist.json in --out, so rows can be run (or re-run) separately, e.g. the ``
 
     python bench/bench_dist.py                                   # full run: 7 rows x 2 shots, 10,000 test episodes
     python bench/bench_dist.py --rows name none --shots 1 --episodes 100 --test-episodes 1000   # a quick look
+    python bench/bench_dist.py --rows llm --shots 5 --out A & python bench/bench_dist.py --rows name --shots 5 --out B
+    python bench/bench_dist.py --merge A B                      # two cores: rows in parallel, then one table
 
 Rows that need ``dist`` knowledge which is not there yet are skipped with the command that makes it
 (``fsar-knowledge generate --dataset synthetic --kind dist``), unless ``--create-text`` is given.
@@ -153,6 +155,8 @@ def main() -> None:
                    help="text of the without-SKC / without-TKC rows (default llm, as in the paper's ablation)")
     p.add_argument("--create-text", action="store_true", help="generate missing dist knowledge with the embedded LLM (slow)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--merge", type=Path, nargs="+", default=[], help="only merge the rows of these --out folders "
+                   "(parallel invocations) into --out, then print the table and plot")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,6 +167,14 @@ def main() -> None:
     path = out / "bench_dist.json"
     report = json.loads(path.read_text()) if path.exists() else {"runs": [], "skipped": []}
     report.setdefault("invocations", []).append({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
+    for other in args.merge:  # rows run by parallel invocations into their own --out folders
+        theirs = json.loads((other / "bench_dist.json").read_text())
+        keys = {(x["row"], x["shot"]) for x in theirs["runs"]}
+        report["runs"] = [x for x in report["runs"] if (x["row"], x["shot"]) not in keys] + theirs["runs"]
+        report["invocations"] += theirs.get("invocations", [])
+        print(f"[merge] {len(keys)} rows from {other}", flush=True)
+    if args.merge:
+        args.rows = []
     for shot in args.shots:
         for row in args.rows:
             reason = None if args.create_text else needs_missing_knowledge(row, args)
@@ -181,6 +193,10 @@ def main() -> None:
             from fsar.data.paths import atomic_write_text
 
             atomic_write_text(path, json.dumps(report, indent=2))
+    if args.merge:
+        from fsar.data.paths import atomic_write_text
+
+        atomic_write_text(path, json.dumps(report, indent=2))
     shots = sorted({r["shot"] for r in report["runs"]}) or args.shots
     print(f"\n5-way test accuracy on the synthetic benchmark, 1 query per class, seed {args.seed}; tiny backbone "
           f"({args.size} px, trained from scratch), {args.episodes} training episodes of {args.batch} x 5-way with "
