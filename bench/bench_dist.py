@@ -166,7 +166,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bench_dist.json"
     report = json.loads(path.read_text()) if path.exists() else {"runs": [], "skipped": []}
-    report.setdefault("invocations", []).append({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
+    report.setdefault("invocations", []).append(json.loads(json.dumps(vars(args), default=str)))
     for other in args.merge:  # rows run by parallel invocations into their own --out folders
         theirs = json.loads((other / "bench_dist.json").read_text())
         keys = {(x["row"], x["shot"]) for x in theirs["runs"]}
