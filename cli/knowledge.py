@@ -102,7 +102,8 @@ def generate(
 
     failed_any = False
     for s in summaries:
-        rate = f", {s.completion_tokens / s.llm_seconds:.1f} tok/s" if s.llm_seconds else ""
+        # throughput over the kind's wall time (requests overlap, so their own times would undercount it)
+        rate = f", {s.completion_tokens / s.seconds:.1f} tok/s" if s.llm_calls and s.seconds else ""
         console.print(
             f"[bold]{s.dataset} · {s.kind}[/]: {s.ok}/{s.classes} valid ({s.kept} kept, {s.llm_calls} LLM calls, "
             f"{s.cache_hits} cached answers{rate}, {s.seconds:.1f} s) -> {s.path}",
