@@ -4,7 +4,8 @@ llama-cpp-python's ``create_completion`` decodes one request at a time and check
 262,144 tokens of Gemma's vocabulary at every step (7-9 tokens/s on 2 cores). This decoder instead
 - decodes up to ``n_parallel`` requests together, one batch per step (one pass over the weights serves them all);
 - checks the grammar on the top candidates only, and on the whole vocabulary only when none of them fits
-  (what llama.cpp's own example sampler does): the tokens that can be drawn are exactly the same;
+  (what llama.cpp's own example sampler does): tokens ranked below the 64 best, which min-p and top-p would cut
+  anyway, are drawn only when none of the 64 fits;
 - computes the KV cache of a prompt's shared head (everything up to its last blank line: the worked examples)
   once, and shares it between requests.
 
