@@ -87,7 +87,6 @@ class BatchedDecoder:
 
         set_verbose(False)
         self.L = llama_cpp
-        self.n_parallel = n_parallel
         self.n_heads = n_heads  # prompt heads kept in the KV cache (one per knowledge kind is plenty)
         mparams = llama_cpp.llama_model_default_params()
         self.model = _internals.LlamaModel(path_model=model_path, params=mparams, verbose=False)
@@ -110,8 +109,7 @@ class BatchedDecoder:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self.batch = llama_cpp.llama_batch_init(512, 0, 1)
-        self.n_ctx_seq = n_ctx_seq
-        self._heads: collections.OrderedDict[tuple, tuple[int, int]] = collections.OrderedDict()  # tokens -> (seq, len)
+        self._heads: collections.OrderedDict[tuple, int] = collections.OrderedDict()  # head tokens -> its sequence
         self._free_seqs = list(range(n_heads, n_heads + n_parallel))
         self._top = _TokenArray(llama_cpp, TOP_CANDIDATES)
         self._full = _TokenArray(llama_cpp, self.n_vocab)
@@ -172,18 +170,20 @@ class BatchedDecoder:
         if not req.future.set_running_or_notify_cancel():
             return
         req.started = time.perf_counter()
-        head_seq, head_len = self._head(req.head)
-        tail = self.model.tokenize(req.tail.encode(), add_bos=head_len == 0, special=False)
-        req.seq = self._free_seqs.pop(0)
-        self.L.llama_memory_seq_rm(self.memory, req.seq, -1, -1)
-        if head_len:
-            self.L.llama_memory_seq_cp(self.memory, head_seq, req.seq, -1, -1)
+        head = tuple(self.model.tokenize(req.head.encode(), add_bos=True, special=False)) if req.head else ()
+        tail = self.model.tokenize(req.tail.encode(), add_bos=not head, special=False)
+        head_len = len(head)
         req.prompt_tokens = head_len + len(tail)
-        if req.prompt_tokens + req.sampler.max_tokens > self.n_ctx_seq:
+        if req.prompt_tokens + req.sampler.max_tokens > self.n_ctx_seq:  # checked before any decoding
             raise ValueError(
                 f"a prompt of {req.prompt_tokens} tokens plus max_tokens {req.sampler.max_tokens} does not fit the "
                 f"context of {self.n_ctx_seq} tokens per request; lower --max-tokens"
             )
+        head_seq = self._head(head)
+        req.seq = self._free_seqs.pop(0)
+        self.L.llama_memory_seq_rm(self.memory, req.seq, -1, -1)
+        if head_len:
+            self.L.llama_memory_seq_cp(self.memory, head_seq, req.seq, -1, -1)
         self._decode([(t, head_len + i, req.seq, i == len(tail) - 1) for i, t in enumerate(tail)])
         req.pos = head_len + len(tail)
         req.grammar_ptr = self.L.llama_sampler_init_grammar(self.vocab, req.grammar.encode(), b"root")
@@ -295,24 +295,20 @@ class BatchedDecoder:
         n = self.L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         return buf.raw[: max(n, 0)]
 
-    def _head(self, head: str) -> tuple[int, int]:
-        """The sequence holding ``head``'s KV cache, computing it alone when it is new (least recently used out)."""
-        if not head:
-            return -1, 0
-        tokens = tuple(self.model.tokenize(head.encode(), add_bos=True, special=False))
+    def _head(self, tokens: tuple[int, ...]) -> int:
+        """The sequence holding a prompt head's KV cache, computed alone when it is new (least recently used out)."""
+        if not tokens:
+            return -1
         if tokens in self._heads:
             self._heads.move_to_end(tokens)
             return self._heads[tokens]
-        if len(self._heads) >= self.n_heads:
-            _, (seq, _) = self._heads.popitem(last=False)
-        else:
-            seq = len(self._heads)
+        seq = self._heads.popitem(last=False)[1] if len(self._heads) >= self.n_heads else len(self._heads)
         self.L.llama_memory_seq_rm(self.memory, seq, -1, -1)
         for i in range(0, len(tokens), 512):
             chunk = tokens[i : i + 512]
             self._decode([(t, i + j, seq, False) for j, t in enumerate(chunk)])
-        self._heads[tokens] = (seq, len(tokens))
-        return seq, len(tokens)
+        self._heads[tokens] = seq
+        return seq
 
     def _decode(self, rows: list[tuple[int, int, int, bool]]) -> None:
         """Decode (token, position, sequence, want_logits) rows in one batch."""
