@@ -1,7 +1,9 @@
 """Validation of an LLM answer: JSON, then the kind's pydantic schema, then semantic checks.
 
 The semantic checks catch what small models do wrong: empty or duplicate items, items too short or too long,
-items that only repeat the class name, items copied from the prompt's worked examples, stages out of order.
+items that only repeat the class name, items copied from the prompt's worked examples, stages out of order,
+phrases that end mid-thought ("bounces up in") and words glued together ("thewheel"). They avoid false alarms on
+what is legitimate: an object named in the action is a spatial attribute ("hair brush" for *brush hair*).
 ``validate_answer`` returns the knowledge as a plain dict, or raises ``InvalidAnswer`` with a one-line reason that
 is appended to the next prompt.
 """
@@ -23,6 +25,26 @@ _STOP = set(
 )
 PHRASE_WORDS = (1, 14)
 SENTENCE_WORDS = (4, 40)
+
+# Words a phrase cannot end on: articles, determiners, conjunctions, auxiliaries and prepositions that are never
+# particles. A phrase ending on one was cut mid-thought ("bounces up in", "around for", "turns the"). Particles that
+# do end phrases ("picks up", "sets down", "runs off", "breathes out") are not here; "in" is, for phrases only.
+_DANGLING = set(
+    "a an the this these those his their its my your our whose each every some any very "
+    "and or but nor than as while when if because then whether which who whom that "
+    "of for with from to at into onto toward towards upon between among within like via per "
+    "is are was were be been being has have had will would can could should must".split()
+)
+_DANGLING_PHRASE = _DANGLING | {"in"}
+
+# Closed-class words that, found inside an unknown word, show it is two words glued together ("thewheel",
+# "andtheirselfisoverridden"); compounds of a content word and a particle ("backflip", "upswing") are not glue.
+_GLUE = set(
+    "a an the this that these those his her their its my your our them they he she it we him "
+    "and or but nor than as while when if then of for with from to at into onto is are was were be been".split()
+)
+_SHORT_WORDS = {"a", "an", "to", "of", "in", "on", "at", "up", "is", "it", "by", "as", "or", "he", "we", "my", "so", "do", "go", "us", "be"}
+MAX_WORD_LETTERS = 20  # longer than any word an action description needs ("counterclockwise" has 16)
 
 
 class InvalidAnswer(ValueError):
@@ -54,6 +76,81 @@ def _stem(word: str) -> str:
 
 def content_words(text: str) -> set[str]:
     return {_stem(w) for w in normalize(text).split() if w not in _STOP}
+
+
+def repeats_name(text: str, class_name: str, objects_allowed: bool = False) -> bool:
+    """Whether an item says nothing but the action's name ("brushing hair", "brush the hair" for *brush hair*).
+
+    With ``objects_allowed`` (spatial attributes: objects, body parts, scene), an object named in the action is
+    legitimate ("hair brush", "hair"); the action itself still is not: the name's words in the name's order, or
+    with a verb form of them ("hair brushing").
+    """
+    if normalize(text) == normalize(class_name):
+        return True
+    words = [w for w in normalize(text).split() if w not in _STOP]
+    stems = [_stem(w) for w in words]
+    name = [_stem(w) for w in normalize(class_name).split() if w not in _STOP]
+    if not stems or not set(stems) <= set(name):
+        return False
+    if not objects_allowed:
+        return True
+    return stems == name or any(w != s and w.endswith(("ing", "ed")) for w, s in zip(words, stems))
+
+
+def dangling_word(text: str, phrase: bool = True) -> str | None:
+    """The last word when an item ends mid-thought on it ("bounces up in", "around for"), else None."""
+    words = normalize(text).split()
+    if not words:
+        return None
+    last = words[-1]
+    return last if last in (_DANGLING_PHRASE if phrase else _DANGLING) else None
+
+
+@lru_cache(maxsize=1)
+def _dictionary() -> frozenset[str]:
+    """English words with their inflections: pyspellchecker's frequency list (offline, about 160,000 words)."""
+    from spellchecker import SpellChecker
+
+    return frozenset(SpellChecker(language="en", distance=1).word_frequency.keys())
+
+
+def _splits(word: str, known: frozenset[str]) -> list[list[str]]:
+    """Ways to write ``word`` as two or more known words (words of three letters or more, or short common ones)."""
+    out: list[list[str]] = []
+
+    def rec(rest: str, parts: list[str]) -> None:
+        if len(out) >= 8:
+            return
+        if not rest:
+            if len(parts) >= 2:
+                out.append(parts)
+            return
+        for i in range(len(rest), 0, -1):
+            head = rest[:i]
+            if (head in _SHORT_WORDS or (len(head) >= 3 and head in known)) and not (not parts and i == len(word)):
+                rec(rest[i:], parts + [head])
+
+    rec(word, [])
+    return out
+
+
+def glued_word(text: str, extra: frozenset[str] = frozenset()) -> str | None:
+    """A word of ``text`` that is words glued together ("thewheel"), or longer than any real word; else None.
+
+    A word is glued when it is not in the dictionary (nor in ``extra``, e.g. the class name's words) and it splits
+    into known words one of which is a closed-class word (an article, pronoun, conjunction, preposition or
+    auxiliary). Unknown compounds of content words ("backflip") are not flagged.
+    """
+    known = _dictionary()
+    for raw in re.findall(r"[a-z]+(?:'[a-z]+)?", text.lower()):
+        word = re.sub(r"'s$", "", raw).replace("'", "")
+        if len(word) > MAX_WORD_LETTERS and word not in extra:
+            return raw
+        if len(word) < 5 or word in known or word in extra:
+            continue
+        if any(any(p in _GLUE for p in parts) for parts in _splits(word, known)):
+            return raw
+    return None
 
 
 @lru_cache(maxsize=None)
@@ -98,15 +195,28 @@ def _pydantic_reason(err: ValidationError) -> str:
     return f"{where}: {first['msg'].lower()}"
 
 
-def _check_item(label: str, text: str, class_name: str, kind: str, words: tuple[int, int]) -> None:
+def _check_item(label: str, text: str, class_name: str, kind: str, words: tuple[int, int], objects_allowed: bool = False,
+                phrase: bool = False, ends: bool = True) -> None:
+    """One item's checks; ``objects_allowed``: a spatial attribute (may name an object of the action); ``phrase``:
+    a phrase rather than a sentence; ``ends``: the item must not end on a word like "the" or "of"."""
     n = len(normalize(text).split())
     if not re.search(r"[a-zA-Z]", text) or re.search(r"[{}<>\[\]]|https?:", text):
         raise InvalidAnswer(f'{label} "{text}" is not plain English text', "write plain English words only")
     if n < words[0] or n > words[1]:
         raise InvalidAnswer(f'{label} "{text}" has {n} words; use {words[0]} to {words[1]}', f"keep each item to {words[0]}-{words[1]} words")
-    name_words = content_words(class_name)
-    item_words = content_words(text)
-    if normalize(text) == normalize(class_name) or (item_words and item_words <= name_words):
+    glued = glued_word(text, frozenset(normalize(class_name).split()))
+    if glued:
+        raise InvalidAnswer(
+            f'{label} "{text}" has words glued together ("{glued}"); put a space between words',
+            "a word was glued to the next one; put a space between every two words",
+        )
+    last = dangling_word(text, phrase) if ends else None
+    if last:
+        raise InvalidAnswer(
+            f'{label} "{text}" ends mid-thought on "{last}"; finish the phrase',
+            "an item stopped mid-thought on a word like 'of', 'the' or 'and'; end every item on its key word",
+        )
+    if repeats_name(text, class_name, objects_allowed):
         raise InvalidAnswer(
             f'{label} "{text}" only repeats the action name; describe what is seen instead',
             "an item only repeated the action's name; name concrete objects, body parts and motions instead",
@@ -156,7 +266,7 @@ def validate_answer(kind: KnowledgeKind, schema: type[BaseModel], class_name: st
     if kind.name == "dist":
         for field in ("spatial", "temporal"):
             for i, item in enumerate(knowledge[field], 1):
-                _check_item(f"{field} item {i}", item, class_name, kind.name, PHRASE_WORDS)
+                _check_item(f"{field} item {i}", item, class_name, kind.name, PHRASE_WORDS, objects_allowed=field == "spatial", phrase=True)
             _check_unique(f"{field} item", knowledge[field])
         _check_unique("attribute", knowledge["spatial"] + knowledge["temporal"])
     elif kind.name == "lga":
@@ -165,8 +275,15 @@ def validate_answer(kind: KnowledgeKind, schema: type[BaseModel], class_name: st
             for part in ("subject", "motion", "object"):
                 if not re.search(r"[a-zA-Z]", s[part]):
                     raise InvalidAnswer(f'{s["stage"]} {part} "{s[part]}" is not a word')
+                # a motion may end on its preposition ("sinks into" + "water"); a subject or object may not
+                last = dangling_word(s[part], phrase=True) if part != "motion" else None
+                if last:
+                    raise InvalidAnswer(
+                        f'{s["stage"]} {part} "{s[part]}" ends mid-thought on "{last}"; finish it',
+                        "a subject or object stopped mid-thought on a word like 'of' or 'the'; end it on its noun",
+                    )
             triplet = f"{s['subject']} {s['motion']} {s['object']}"
-            _check_item(f"{s['stage']} triplet", triplet, class_name, kind.name, (2, 16))
+            _check_item(f"{s['stage']} triplet", triplet, class_name, kind.name, (2, 16), ends=False)
             _check_item(f"{s['stage']} sentence", s["sentence"], class_name, kind.name, SENTENCE_WORDS)
         _check_unique("stage sentence", [s["sentence"] for s in stages])
         _check_unique("stage triplet", [f"{s['subject']} {s['motion']} {s['object']}" for s in stages])

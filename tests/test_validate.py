@@ -40,7 +40,8 @@ def test_text_around_json_is_tolerated():
         (dist(["a b c"] * 3, ["d e f"] * 4), "spatial: list should have at least 4 items"),
         (dist(["comb", "mirror", "bathroom sink", "comb"], ["x y z", "q r s", "t u v", "w x y"]), 'repeats item 1'),
         (dist(["brushing hair", "mirror", "sink", "towel"], ["a b c", "d e f", "g h i", "j k l"]), "only repeats the action name"),
-        (dist(["mirror", "sink", "towel", "hair"], ["a b c", "d e f", "g h i", "j k l"]), "only repeats the action name"),
+        (dist(["mirror", "sink", "towel", "hair brushing"], ["a b c", "d e f", "g h i", "j k l"]), "only repeats the action name"),
+        (dist(["mirror", "sink", "towel", "comb"], ["a b c", "d e f", "g h i", "hair brushed"]), "only repeats the action name"),
         (dist(["a round brown potato", "mirror", "sink", "towel"], ["a b c", "d e f", "g h i", "j k l"]), "copied from an example"),
         (dist(["mirror", "sink", "towel", "comb"], ["a b c", "d e f", "g h i", " ".join(["word"] * 20)]), "temporal.3: string should match pattern"),
         (dist(["mirror", "sink", "towel", "<b>comb</b>"], ["a b c", "d e f", "g h i", "j k l"]), "spatial.3: string should match pattern"),
@@ -108,3 +109,74 @@ def test_near_duplicate_sentences_are_rejected():
          "The arms push the ball up.", "It drops through the hoop."]
     with pytest.raises(InvalidAnswer, match="descriptor 2 .* repeats item 1"):
         validate_answer(STAR, STAR.schema(), "shoot ball", json.dumps({"descriptors": d, "summary": "A ball is thrown into a hoop."}))
+
+
+# ---- no false alarms, and no phrases cut mid-thought or words glued together (issue 16) ----
+
+def _spatial(*items):
+    return dist(list(items) + ["mirror", "bathroom sink", "towel"][: 4 - len(items)],
+                ["brush placed at the top of the head", "long downward strokes", "hand lifts and repeats", "hair smoothed and tidy"])
+
+
+@pytest.mark.parametrize("item", ["hair brush", "a wooden hair brush", "hair", "long dark hair", "brush"])
+def test_an_object_named_in_the_action_is_a_spatial_attribute(item):
+    """"hair brush" for *brush hair* names the object: it was rejected as "only repeats the action name"."""
+    k = validate_answer(DIST, DIST.schema(), "brush hair", _spatial(item))
+    assert k["spatial"][0] == item
+
+
+@pytest.mark.parametrize("item", ["brushing hair", "brush the hair", "brushes her hair", "hair brushing", "brushing"])
+def test_the_action_itself_is_still_no_spatial_attribute(item):
+    with pytest.raises(InvalidAnswer, match="only repeats the action name"):
+        validate_answer(DIST, DIST.schema(), "brush hair", _spatial(item))
+
+
+@pytest.mark.parametrize("item,word", [("ball bounces up in", "in"), ("player runs around for", "for"), ("hand grips the", "the"),
+                                       ("arm swings back and", "and"), ("at the top of", "of")])
+def test_a_phrase_that_ends_mid_thought_is_rejected(item, word):
+    answer = dist(["basketball", "wooden court", "bent arm", "open palm"], ["palm pushes the ball down", item, "ball returns to the hand", "player keeps running"])
+    with pytest.raises(InvalidAnswer, match=f'temporal item 2 .* ends mid-thought on "{word}"') as err:
+        validate_answer(DIST, DIST.schema(), "dribble", answer)
+    assert item not in err.value.hint
+
+
+@pytest.mark.parametrize("item", ["ball bounces back up", "player picks the ball up", "ball is set down", "player breathes out"])
+def test_a_phrase_may_end_on_a_particle(item):
+    answer = dist(["basketball", "wooden court", "bent arm", "open palm"], ["palm pushes the ball down", item, "ball returns to the hand", "player keeps running"])
+    assert validate_answer(DIST, DIST.schema(), "dribble", answer)["temporal"][1] == item
+
+
+@pytest.mark.parametrize("item,glued", [("turns and turns thewheel", "thewheel"), ("hands on the wheel andtheirselfisoverridden", "andtheirselfisoverridden"),
+                                        ("feet ontheground", "ontheground"), ("a " + "x" * 21, "x" * 21)])
+def test_glued_words_are_rejected(item, glued):
+    answer = dist(["bicycle frame", "handlebars", "bike path", item], ["feet push the pedals", "wheels roll forward", "rider steers", "bike gains speed"])
+    with pytest.raises(InvalidAnswer, match=f'spatial item 4 .* glued together \\("{glued}"\\)') as err:
+        validate_answer(DIST, DIST.schema(), "ride bike", answer)
+    assert glued not in err.value.hint
+
+
+@pytest.mark.parametrize("item", ["a backflip off the ramp", "hairbrush and comb", "kickflip on the board", "rider's helmet"])
+def test_real_and_compound_words_are_not_glue(item):
+    answer = dist(["bicycle frame", "handlebars", "bike path", item], ["feet push the pedals", "wheels roll forward", "rider steers", "bike gains speed"])
+    assert validate_answer(DIST, DIST.schema(), "ride bike", answer)["spatial"][3] == item
+
+
+def test_a_word_of_the_class_name_is_never_glue():
+    answer = dist(["flicflac mat", "gym hall", "arched back", "hands on the floor"], ["run up", "hands touch down", "legs flip over", "lands on the feet"])
+    assert validate_answer(DIST, DIST.schema(), "flicflac", answer)
+
+
+def test_sentences_and_lga_objects_are_checked_too():
+    d = ["The player stands at the line.", "The ball is lifted above the head.", "The arms push it up toward the.", "It drops through the hoop."]
+    with pytest.raises(InvalidAnswer, match='descriptor 3 .* ends mid-thought on "the"'):
+        validate_answer(STAR, STAR.schema(), "shoot ball", json.dumps({"descriptors": d, "summary": "A ball is thrown into a hoop."}))
+    stages = [
+        _stage("onset", motion="steps onto", obj="end of", sentence="The diver walks to the end of the springboard."),
+        _stage("progression", motion="springs off", obj="board", sentence="The diver bends the board and flies into the air."),
+        _stage("completion", motion="sinks into", obj="water", sentence="The diver breaks the surface with hands first."),
+    ]
+    with pytest.raises(InvalidAnswer, match='onset object "end of" ends mid-thought on "of"'):
+        validate_answer(LGA, LGA.schema(), "dive", json.dumps({"stages": stages}))
+    stages[0] = _stage("onset", motion="steps onto", obj="board", sentence="The diver walks to the end of the springboard.")
+    # a motion may end on its preposition: "sinks into" + "water"
+    assert validate_answer(LGA, LGA.schema(), "dive", json.dumps({"stages": stages}))["stages"][2]["motion"] == "sinks into"
