@@ -4,6 +4,8 @@ and the openai backend's concurrency speed-up against a local llama.cpp server.
     python bench/bench_knowledge.py                      # all 51 hmdb51 classes x dist, lga, star
     python bench/bench_knowledge.py --limit 10 --kinds dist --skip-server
     python bench/bench_knowledge.py --replay --cache DIR   # only the cached rerun of a finished run
+    python bench/bench_knowledge.py --model qwen2.5-coder-1.5b --limit 8 --kinds dist --skip-server --show
+    python bench/bench_knowledge.py --model qwen2.5-coder-1.5b --prompt-style completion --limit 8 --kinds dist --skip-server
 
 It uses a fresh cache folder (``--cache``, default a temporary one) so the first run really calls the LLM.
 """
@@ -26,6 +28,10 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--cache", default=None, help="cache folder (default: a new temporary one)")
     ap.add_argument("--parallel", type=int, default=None, help="sequences decoded together (default: the backend's 8)")
+    ap.add_argument("--model", default=None, help="a packaged model's short name (gemma-3-270m, qwen2.5-coder-1.5b) or a GGUF path")
+    ap.add_argument("--prompt-style", default=None, choices=["completion", "chat"], help="default: the model's own")
+    ap.add_argument("--skip-replay", action="store_true", help="skip the cached-rerun measurement")
+    ap.add_argument("--show", action="store_true", help="print every class's knowledge (or last error) after each kind")
     ap.add_argument("--skip-server", action="store_true", help="skip the openai-backend concurrency measurement")
     ap.add_argument("--server-classes", type=int, default=8)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -49,9 +55,10 @@ def main() -> None:
     from fsar.knowledge.store import load_knowledge
 
     figures: dict = {"dataset": args.dataset, "cache": str(cache), "cpu_count": os.cpu_count()}
-    backend = LlamaCppBackend(parallel=args.parallel)
+    backend = LlamaCppBackend(args.model, parallel=args.parallel, prompt_style=args.prompt_style)
     figures["n_threads"] = backend.n_threads
-    print(f"embedded model {backend.model} ({backend.n_threads} threads), cache {cache}", flush=True)
+    figures["model"], figures["prompt_style"] = backend.model, backend.prompt_style
+    print(f"embedded model {backend.model}, {backend.prompt_style} prompts ({backend.n_threads} threads), cache {cache}", flush=True)
 
     rows = []
     for kind in args.kinds.split(","):
@@ -73,13 +80,19 @@ def main() -> None:
             "valid_after_retries": round(len(ks.ok) / n, 3),
             "failed": s.failed_classes,
             "seconds": round(wall, 1),
+            "seconds_per_class": round(wall / n, 1),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if args.show:
+            for r in ks.rows:
+                shown = json.dumps(r["knowledge"], ensure_ascii=False) if r["status"] == "ok" else f"FAILED: {r['errors'][-1]}"
+                print(f"  {r['class_name']} ({r['provenance']['attempts']} attempts): {shown}", flush=True)
     figures["generation"] = rows
     backend.close()
 
-    figures.update(replay(cache, args))
+    if not args.skip_replay:
+        figures.update(replay(cache, args))
 
     if not args.skip_server:
         figures["server"] = bench_server(args.dataset, args.server_classes)
@@ -104,12 +117,16 @@ def replay(cache: Path, args) -> dict:
 
     shutil.rmtree(cache / "knowledge")
     t0 = time.perf_counter()
-    summaries = generate_knowledge(args.dataset, args.kinds, limit=args.limit, backend=LlamaCppBackend())
+    backend = LlamaCppBackend(args.model, prompt_style=args.prompt_style)
+    summaries = generate_knowledge(args.dataset, args.kinds, limit=args.limit, backend=backend)
+    backend.close()
     out = {"cached_rerun_in_process_s": round(time.perf_counter() - t0, 3),
            "cached_rerun_llm_calls": sum(s.llm_calls for s in summaries),
            "cached_rerun_answers": sum(s.cache_hits for s in summaries)}
     shutil.rmtree(cache / "knowledge")
     cmd = [sys.executable, "-m", "fsar.cli.knowledge", "generate", "--dataset", args.dataset, "--kind", args.kinds]
+    if args.model:
+        cmd += ["--model", args.model]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     t0 = time.perf_counter()

