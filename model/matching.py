@@ -45,43 +45,76 @@ def softmin(values: list[Tensor], lam: float) -> Tensor:
 
 
 def otam_distance(dist: Tensor, lam: float = 0.1) -> Tensor:
-    """OTAM (Cao et al., CVPR 2020): soft monotonic temporal alignment cost of one direction.
+    """OTAM (Cao et al., CVPR 2020) in one direction, as the reference code computes it: dist [..., L, M] -> [...].
 
-    dist [..., L, M]: frame distances, rows the frames of the video being aligned (L), columns the frames of the
-    video aligned to (M). Two zero columns pad the columns at both ends, so the path may start and end anywhere
-    along the rows (free start and end). Inside the real columns the path moves right or diagonally down-right, so
-    every column frame is matched to exactly one row frame and the matched rows never go back in time; in the
-    padding columns it may also move down (skipping rows). The soft-min with temperature ``lam`` makes the cost
-    differentiable; as lam -> 0 it is the cost of the best monotonic alignment. Returns [...].
+    Equal, to float precision, to ``OTAM_cum_dist`` of tobyperrett/few-shot-action-recognition as of its last
+    commit 3687f3a (earlier commits had no move from above in the last column), the function alibaba-mmai-research's
+    CLIP-FSAR, HyRSM and MoLo carry unchanged (CLIP-FSAR with lam 0.5). Rows are the frames of the video being aligned (L), columns the frames of the video
+    aligned to (M). One zero column pads the columns on each side; the cumulative cost C is
+      - row 0: the plain cumulative sum along the padded row (no soft-min);
+      - first padding column: 0 in every row;
+      - first real column: own cost + softmin(diagonal, from above, from the left);
+      - middle real columns: own cost + softmin(diagonal, from the left);
+      - last (padding) column: softmin(diagonal, from above, from the left);
+    and the distance is C at the last row and last column. softmin(v) = -lam * log(sum(exp(-v / lam))); as
+    lam -> 0 it is the cost of the best such alignment. The reference evaluates the exponentials directly, so in
+    float32 it returns inf once every option of some cell costs more than about 100 * lam (exp underflows); this
+    log-sum-exp form gives the same values where the reference is finite and stays finite beyond.
+
+    Vectorised over the batch: the batch is laid out last, [L, M, B], and the L x M cells are filled one by one, each
+    with one log-add-exp over all (episode, query, class, ...) matrices at once (about 1.6 ms for 3,200 8 x 8 matrices
+    on one core; a row-at-once cumulative log-sum-exp was 10 times slower).
     """
-    rows, cols = dist.shape[-2], dist.shape[-1]
-    d = F.pad(dist, (1, 1))  # [..., L, M + 2]
-    width = cols + 2
-    prev = torch.cumsum(d[..., 0, :], dim=-1).unbind(-1)  # row 0: only moves to the right
+    if dist.dim() < 2:
+        raise ValueError(f"otam_distance needs frame distances [..., L, M], got shape {tuple(dist.shape)}")
+    if not lam > 0:
+        raise ValueError(f"OTAM's soft-min temperature lam must be > 0, got {lam}")
+    batch, (rows, cols) = dist.shape[:-2], dist.shape[-2:]
+    # u = -C / lam, so softmin(C1, C2, ...) = -lam * logsumexp(u1, u2, ...); cells of the real columns only
+    x = (dist / -lam).reshape(-1, rows, cols).permute(1, 2, 0).contiguous()  # [L, M, B]
+    u = list(torch.cumsum(x[0], dim=0).unbind(0))  # row 0: running sum
+    u_last = u[-1]  # row 0, last padding column (own cost 0)
+    log2 = torch.full_like(u_last, math.log(2.0))  # the two zero padding cells that reach the first real column
     for r in range(1, rows):
-        row = [prev[0] + d[..., r, 0]]  # first padding column: arrive from above
-        for c in range(1, width):
-            options = [prev[c - 1], row[c - 1]]  # diagonal, from the left
-            if c == width - 1:
-                options.append(prev[c])  # last padding column: also from above
-            row.append(d[..., r, c] + softmin(options, lam))
-        prev = row
-    return prev[-1]
+        row = [x[r, 0] + torch.logaddexp(u[0], log2)]  # first real column: above, diagonal (0), left (0)
+        for m in range(1, cols):
+            row.append(x[r, m] + torch.logaddexp(u[m - 1], row[m - 1]))  # diagonal, left
+        u_last = torch.logaddexp(torch.logaddexp(u[-1], u_last), row[-1])  # last padding: diagonal, above, left
+        u = row
+    return (-lam * u_last).reshape(batch)
 
 
-def otam_bidirectional(dist: Tensor, lam: float = 0.1) -> Tensor:
-    """OTAM in both directions, averaged: dist [..., L, M] -> [...], symmetric in the two videos."""
-    return 0.5 * (otam_distance(dist, lam) + otam_distance(dist.transpose(-1, -2), lam))
+def otam_bidirectional(dist: Tensor, lam: float = 0.1, reduction: str = "mean") -> Tensor:
+    """OTAM in both directions: dist [..., L, M] -> [...], symmetric in the two videos.
+
+    ``reduction="sum"`` is the reference's class distance, OTAM(d) + OTAM(d^T) (what tobyperrett's CNN_OTAM
+    and CLIP-FSAR put, negated, into the logits); the default ``"mean"`` is half of it, the project's choice for
+    DiST (a distance on the scale of one direction). Halving changes no ranking (tests/test_matching_reference.py).
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"otam_bidirectional reduction must be 'sum' or 'mean', got {reduction!r}")
+    if dist.shape[-1] == dist.shape[-2]:  # square: both directions in one batched pass
+        both = otam_distance(torch.stack([dist, dist.transpose(-1, -2)]), lam).sum(dim=0)
+    else:
+        both = otam_distance(dist, lam) + otam_distance(dist.transpose(-1, -2), lam)
+    return both if reduction == "sum" else 0.5 * both
 
 
-def bimhm_distance(dist: Tensor) -> Tensor:
+def bimhm_distance(dist: Tensor, reduction: str = "mean") -> Tensor:
     """Bidirectional mean Hausdorff metric (HyRSM, Wang et al., CVPR 2022): dist [..., L, M] -> [...].
 
-    Each frame of one video is matched to its nearest frame of the other, in both directions, and the two mean
-    distances are added. It ignores frame order: it is order-aware only through features that encode time
-    (the Bi-MHM head runs a temporal transformer with positional embeddings first).
+    Each frame of one video is matched to its nearest frame of the other, in both directions.
+    ``reduction="sum"`` is HyRSM's definition: sum over the L rows of the row minima plus sum over the M columns
+    of the column minima. The default ``"mean"`` averages each direction instead (the project's choice for DiST);
+    for square matrices (equal frame or token counts, as every caller here) it is the sum divided by L, so the
+    ranking of classes is the same (tests/test_matching_reference.py). It ignores frame order: it is order-aware
+    only through features that encode time (the Bi-MHM head runs a temporal transformer with positions first).
     """
-    return dist.min(dim=-1).values.mean(dim=-1) + dist.min(dim=-2).values.mean(dim=-1)
+    if reduction == "sum":
+        return dist.min(dim=-1).values.sum(dim=-1) + dist.min(dim=-2).values.sum(dim=-1)
+    if reduction == "mean":
+        return dist.min(dim=-1).values.mean(dim=-1) + dist.min(dim=-2).values.mean(dim=-1)
+    raise ValueError(f"bimhm_distance reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
 def tuple_indices(num_frames: int, size: int) -> Tensor:
@@ -110,9 +143,9 @@ def tuple_prototype_distance(q_keys: Tensor, q_values: Tensor, s_keys: Tensor, s
 
     q_keys [E, Q, n, dk], q_values [E, Q, n, dv]: the query's tuples; s_keys [E, N, m, dk], s_values [E, N, m, dv]:
     all tuples of all support videos of each class (m = K * n). Each query tuple attends over the class's support
-    tuples (scaled dot product, softmax over m); the attended values form the query-specific prototype, and the
-    distance is the squared L2 distance between the query's values and it, summed over tuples and divided by n.
-    Returns [E, Q, N].
+    tuples (dot product scaled by 1 / sqrt(dk), softmax over all m), the attended values form the query-specific
+    prototype, and the distance is the squared L2 distance between the query's values and it, summed over tuples
+    and divided by n: what TRX's TemporalCrossTransformer computes (its logit is minus this). Returns [E, Q, N].
     """
     scale = q_keys.shape[-1] ** -0.5
     attn = torch.einsum("eqid,enjd->eqnij", q_keys, s_keys).mul(scale).softmax(dim=-1)

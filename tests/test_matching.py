@@ -30,8 +30,9 @@ def test_otam_single_row_sums_the_row():
 def test_otam_two_rows_one_column_hand_computed():
     a, b, lam = 0.4, 0.9, 0.1
     d = torch.tensor([[a], [b]])
-    c11 = b - lam * math.log(2)  # enter row 1 from either padding cell (both 0)
-    expected = -lam * math.log(math.exp(-a / lam) + math.exp(-c11 / lam) + math.exp(-a / lam))
+    sm = lambda *v: -lam * math.log(sum(math.exp(-x / lam) for x in v))  # noqa: E731
+    c11 = b + sm(0.0, a, 0.0)  # first real column: diagonal and left come from padding (0), above from row 0
+    expected = sm(a, a, c11)  # last padding column: diagonal, above (row 0 ends at a), left
     assert M.otam_distance(d, lam).item() == pytest.approx(expected, abs=1e-6)
     # as lam -> 0 the single column frame picks the nearer row frame
     assert M.otam_distance(d, 1e-4).item() == pytest.approx(a, abs=1e-3)
@@ -42,10 +43,10 @@ def test_otam_ties_hand_computed():
     c, lam = 0.5, 0.2
     d = torch.full((2, 2), c)
     sm = lambda *v: -lam * math.log(sum(math.exp(-x / lam) for x in v))  # noqa: E731
-    c0 = [0.0, c, 2 * c, 2 * c]
-    c1_1 = c + sm(0.0, 0.0)
-    c1_2 = c + sm(c0[1], c1_1)
-    expected = sm(c0[2], c1_2, c0[3])
+    c0 = [0.0, c, 2 * c, 2 * c]  # row 0: running sum of the padded row [0, c, c, 0]
+    c1_1 = c + sm(0.0, c0[1], 0.0)  # diagonal, above, left
+    c1_2 = c + sm(c0[1], c1_1)  # diagonal, left
+    expected = sm(c0[2], c0[3], c1_2)  # diagonal, above, left
     assert M.otam_distance(d, lam).item() == pytest.approx(expected, abs=1e-6)
     assert M.otam_distance(d, 1e-4).item() == pytest.approx(2 * c, abs=1e-3)
 
@@ -82,6 +83,7 @@ def test_otam_on_real_sequences_prefers_same_order():
 def test_bimhm_hand_computed_and_order_blind():
     d = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
     assert M.bimhm_distance(d).item() == pytest.approx(1.0 + 0.5)  # row minima 0, 2; column minima 0, 1
+    assert M.bimhm_distance(d, reduction="sum").item() == pytest.approx(2.0 + 1.0)  # HyRSM's sums
     s = torch.randn(6, 8)
     assert torch.allclose(M.bimhm_distance(M.cosine_distance(s, s.flip(0))), torch.tensor(0.0), atol=1e-5)
 
