@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from einops import rearrange
+from einops import rearrange, reduce
 from torch import Tensor, nn
 
 from fsar.model.matching import bimhm_distance, episode_frame_distance
@@ -21,12 +21,16 @@ class BiMHMHead(Head):
     """Frames mix with their neighbours in time (learned positions), so the set metric becomes order-aware.
 
     Bi-MHM itself ignores frame order; HyRSM makes it work on actions through its temporal relation module, which
-    this head keeps as a one-layer transformer with learned frame positions. With K > 1 each support video is
-    matched on its own and the distances are averaged.
+    this head keeps as a one-layer transformer with learned frame positions (HyRSM's cross-video relation is not
+    kept). The distance is HyRSM's: sum over query frames of their nearest support-frame cosine distance plus sum
+    over support frames of their nearest query frame; with K > 1 the support videos' encoded frames are first
+    averaged frame by frame into a class prototype, as HyRSM's 5-shot model does. Logits = -scale * distance: at
+    the initial scale 1 they are HyRSM's; the scale is learnable (the project's addition, a positive factor that
+    never changes which class is nearest).
     """
 
     def __init__(
-        self, dim: int, num_frames: int, text_dim: int | None = None, layers: int = 1, dropout: float = 0.1, scale: float = 10.0
+        self, dim: int, num_frames: int, text_dim: int | None = None, layers: int = 1, dropout: float = 0.1, scale: float = 1.0
     ):
         super().__init__(dim, num_frames, text_dim)
         self.pos = nn.Parameter(torch.randn(num_frames, dim) * 0.02)
@@ -38,8 +42,8 @@ class BiMHMHead(Head):
         return self.temporal(x + self.pos)
 
     def forward(self, support: Tensor, query: Tensor, text=None, query_labels=None) -> HeadOutput:
-        e, n, k = support.shape[:3]
-        s = rearrange(self.encode(rearrange(support, "e n k t d -> (e n k) t d")), "(e n k) t d -> e n k t d", e=e, n=n)
+        e, n = support.shape[:2]
+        s = reduce(self.encode(rearrange(support, "e n k t d -> (e n k) t d")), "(e n k) t d -> e n t d", "mean", e=e, n=n)
         q = rearrange(self.encode(rearrange(query, "e q t d -> (e q) t d")), "(e q) t d -> e q t d", e=e)
-        dist = bimhm_distance(episode_frame_distance(q, s)).mean(dim=-1)  # [E, Q, N, K] -> [E, Q, N]
+        dist = bimhm_distance(episode_frame_distance(q, s), reduction="sum")  # [E, Q, N]
         return HeadOutput(-dist * self.log_scale.exp())

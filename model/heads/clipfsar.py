@@ -5,6 +5,8 @@ temporal transformer, so the prototype's frames are rewritten with the class's t
 run through the same transformer with their own mean frame standing in for the text token (our choice: it keeps the
 two sequences the same length and the same transformer; the paper only describes the support side). A video-text
 loss (cross-entropy of query videos against the episode's class texts) trains the text projection, as in the paper.
+The metric is CLIP-FSAR's (alibaba-mmai-research/CLIP-FSAR, CNN_OTAM_CLIPFSAR): the K modulated support videos
+are averaged frame by frame into a prototype, and the class distance is OTAM(d) + OTAM(d^T) with lambda 0.5.
 """
 from __future__ import annotations
 
@@ -20,7 +22,11 @@ from fsar.model.registry import Head, HeadOutput, register_method, scale_paramet
 
 @register_method("clipfsar")
 class CLIPFSARHead(Head):
-    """Logits = -scale * OTAM(query, text-modulated prototype) (+ text_logit_weight * video-text logits)."""
+    """Logits = -scale * OTAM(query, text-modulated prototype) (+ text_logit_weight * video-text logits).
+
+    With the initial scale 1 and text_logit_weight 0 the visual logits are CLIP-FSAR's; the scale is learnable (the
+    project's addition, a positive factor that never changes which class is nearest).
+    """
 
     needs_text = "names"
 
@@ -29,7 +35,7 @@ class CLIPFSARHead(Head):
         dim: int,
         num_frames: int,
         text_dim: int | None = None,
-        lam: float = 0.1,
+        lam: float = 0.5,
         layers: int = 1,
         dropout: float = 0.1,
         scale: float = 1.0,
@@ -56,7 +62,7 @@ class CLIPFSARHead(Head):
         s = rearrange(self.modulate(rearrange(names, "e n d -> (e n) d"), protos), "(e n) t d -> e n t d", e=e)
         q_frames = rearrange(query, "e q t d -> (e q) t d")
         q = rearrange(self.modulate(q_frames.mean(dim=1), q_frames), "(e q) t d -> e q t d", e=e)
-        logits = -otam_bidirectional(episode_frame_distance(q, s), self.lam) * self.log_scale.exp()
+        logits = -otam_bidirectional(episode_frame_distance(q, s), self.lam, reduction="sum") * self.log_scale.exp()
         # video-text logits: mean query frame against each class text of the episode
         vt = F.normalize(query.mean(dim=2), dim=-1) @ F.normalize(names, dim=-1).transpose(-1, -2)
         vt = vt * self.log_text_scale.exp()  # [E, Q, N]
