@@ -513,7 +513,11 @@ def ensure_synthetic(root: Path | str | None = None, videos_per_class: int = DEF
 
 
 def _write_one(job: tuple[str, int, str, dict]) -> str:
-    """Render, encode and write one video and its masks; returns its digest line for the fingerprint."""
+    """Render, encode and write one video and its masks; returns its digest line for the fingerprint.
+
+    The manifest's fingerprint hashes the .mp4 bytes and the masks: the encoding is deterministic
+    (``encode_mp4``), so a regeneration with the same parameters, on the same PyAV build, has the same fingerprint.
+    """
     import io
 
     from fsar.data.video import encode_mp4

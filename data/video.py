@@ -208,15 +208,24 @@ def filter_readable(records: Sequence["VideoRecord"], progress: bool = False,
 
 
 def encode_mp4(frames: np.ndarray, fps: int = 8, codec: str = "libx264", crf: int = 18) -> bytes:
-    """Uint8 RGB frames [F, H, W, 3] as the bytes of an .mp4 (yuv420p; H.264 by default, deterministic).
+    """Uint8 RGB frames [F, H, W, 3] as the bytes of an .mp4 (yuv420p; H.264 by default); H and W must be even.
 
-    ``codec='mpeg4'`` works where a PyAV wheel lacks libx264. H.264 needs even width and height.
+    The bytes are a function of the frames: the same frames give the same bytes, call after call and process after
+    process, so a regenerated benchmark has the same files and the same fingerprint. libx264's macroblock-tree
+    rate control (``mbtree``, on by default with ``crf``) broke that on short clips: measured with libx264 core 165
+    (PyAV 18.1), the same frames gave different bitstreams (and slightly different decoded pixels) depending on what
+    the process had encoded before, in 1 to 3 of 25 encodes of a clip; with ``mbtree=0`` every encode was the same
+    (120 of 120 per clip, 5 clips, 3 processes); ``bframes=0`` also fixes it but costs more bits. Also: one encoder
+    thread, and ``bitexact`` so the container does not record the libavformat version.
+    ``codec='mpeg4'`` works where a PyAV wheel lacks libx264.
     """
     import av
 
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        options = {"crf": str(crf), "preset": "veryfast", "threads": "1"} if codec == "libx264" else {}
+    with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as container:
+        options = {"threads": "1"}
+        if codec == "libx264":
+            options.update({"crf": str(crf), "preset": "veryfast", "x264-params": "mbtree=0"})
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
