@@ -257,8 +257,8 @@ def fingerprint(records: list[VideoRecord]) -> str:
     """The identity of a record list that every result.json records: 16 hex chars.
 
     It hashes each video's path relative to its root, its size in bytes (a frame folder: the sum of its images)
-    and its label, so it costs one ``stat`` per file, not a read: seconds for SSv2's 220,000 videos, where hashing
-    the bytes or the decoded frames would read hundreds of GB. Sizes stand for content because the videos this
+    and its label, so it costs one ``stat`` per file, where hashing the bytes or the decoded frames would read the
+    whole data set (tens of GB for SSv2) before every run. Sizes stand for content because the videos this
     project writes are deterministic (``video.encode_mp4``: same frames, same bytes), so a regenerated synthetic
     set gets the same fingerprint; a file rewritten with other content of exactly the same size is not noticed.
     """
