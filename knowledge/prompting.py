@@ -39,6 +39,15 @@ def template_hash(kind: str) -> str:
     return sha256_text(template_source(kind) + "\n" + ex)[:16]
 
 
+def render_contrast_prompt(first: str, second: str, counts: dict[str, int], error: str | None = None) -> str:
+    """The prompt asking how two actions differ (``prompts/contrast.jinja``); no example shares an action with them."""
+    mine = {normalize(first), normalize(second)}
+    shown = [e for e in examples("contrast") if not mine & {normalize(n) for n in e["names"]}]
+    return _env().get_template("contrast.jinja").render(
+        first=first, second=second, examples=shown, counts=counts, error=error
+    ).strip() + " "
+
+
 def render_prompt(kind: str, class_name: str, counts: dict[str, int], error: str | None = None) -> str:
     """The full prompt for ``class_name``; an example for the same action is never shown."""
     shown = [e for e in examples(kind) if normalize(e["name"]) != normalize(class_name)]

@@ -101,6 +101,25 @@ class KnowledgeKind:
         raise KeyError(self.name)
 
 
+CONTRAST_COUNTS = {"seen": 2, "motion": 2}  # phrases per action of a contrast answer
+# what a contrast answer adds to a dist knowledge set: "seen" phrases are spatial, "motion" phrases temporal
+CONTRAST_FIELDS = {"seen": "spatial", "motion": "temporal"}
+
+
+def contrast_schema(first: str | None = None, second: str | None = None, **counts: int) -> type[BaseModel]:
+    """The answer to "how do these two actions differ": for each, phrases of what is seen and how the motion goes.
+    With the names, each side opens with its ``"action"`` anchor (as in :meth:`KnowledgeKind.schema`)."""
+    c = {**CONTRAST_COUNTS, **{k: v for k, v in counts.items() if v is not None}}
+
+    def side(label: str, name: str | None):
+        head = {"action": (Literal[name], ...)} if name else {}
+        return create_model(label, __base__=_Strict, **head, seen=(_list(Phrase, c["seen"]), ...),
+                            motion=(_list(Phrase, c["motion"]), ...))
+
+    return create_model("ContrastKnowledge", __base__=_Strict, first=(side("FirstAction", first), ...),
+                        second=(side("SecondAction", second), ...))
+
+
 KINDS: dict[str, KnowledgeKind] = {
     "dist": KnowledgeKind(
         "dist",

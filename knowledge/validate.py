@@ -71,6 +71,9 @@ def _stem(word: str) -> str:
     # doubled final consonant: "running" -> "runn" -> "run"
     if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiou":
         word = word[:-1]
+    # silent final e: "dribble" and "dribbling" -> "dribbl", "ride" and "riding" -> "rid"
+    if len(word) > 3 and word.endswith("e") and not word.endswith("ee"):
+        word = word[:-1]
     return word
 
 
@@ -293,3 +296,43 @@ def validate_answer(kind: KnowledgeKind, schema: type[BaseModel], class_name: st
         _check_item("summary", knowledge["summary"], class_name, kind.name, SENTENCE_WORDS)
         _check_unique("descriptor", knowledge["descriptors"] + [knowledge["summary"]])
     return knowledge
+
+
+def validate_contrast(schema: type[BaseModel], first: str, second: str, text: str,
+                      known: tuple[list[str], list[str]] = ([], [])) -> dict:
+    """Parse and check a contrast answer for the actions ``first`` and ``second``; ``known``: each one's current
+    knowledge texts (a contrast item must add something new). Returns ``{"first": {"seen": [...], "motion": [...]},
+    "second": {...}}`` without the anchors, or raises InvalidAnswer."""
+    obj = parse_json(text)
+    try:
+        answer = schema.model_validate(obj).model_dump()
+    except ValidationError as e:
+        raise InvalidAnswer(_pydantic_reason(e)) from None
+    out = {}
+    for side, name, other, seen_before in (("first", first, second, known[0]), ("second", second, first, known[1])):
+        items = {f: list(answer[side][f]) for f in ("seen", "motion")}
+        for field, texts in items.items():
+            for i, item in enumerate(texts, 1):
+                label = f"{side} {field} item {i}"
+                _check_item(label, item, name, "contrast", PHRASE_WORDS, objects_allowed=field == "seen", phrase=True)
+                if repeats_name(item, other, objects_allowed=field == "seen"):
+                    raise InvalidAnswer(
+                        f'{label} "{item}" names the other action, "{other}"',
+                        "an item of one action named the other action; describe each action by itself",
+                    )
+                for old in seen_before:
+                    if _near_duplicate(item, old):
+                        raise InvalidAnswer(
+                            f'{label} "{item}" is already in the knowledge of "{name}"; say what differs',
+                            "an item repeated what was already known; say what tells the two actions apart",
+                        )
+        _check_unique(f"{side} item", items["seen"] + items["motion"])
+        out[side] = items
+    for a in out["first"]["seen"] + out["first"]["motion"]:
+        for b in out["second"]["seen"] + out["second"]["motion"]:
+            if _near_duplicate(a, b):
+                raise InvalidAnswer(
+                    f'"{a}" is said of both actions; every item must tell them apart',
+                    "an item was said of both actions; every item must hold for one action only",
+                )
+    return out
