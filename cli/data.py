@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import statistics
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
-
-from fsar.cli.common import console, fail, out
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from fsar.cli.common import console, error_message, fail, out, run_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Stage 2 data: video benchmarks.")
 
@@ -22,8 +25,12 @@ def info(
     check: bool = typer.Option(True, "--check/--no-check", help="decode every video to find unreadable ones"),
     classes: bool = typer.Option(True, "--classes/--no-classes", help="print the per-class table"),
 ):
-    """Print the classes, videos per class and split, and the unreadable files of a data set."""
-    from fsar.data.loaders import fingerprint, scan
+    """Print the classes, videos per class and split, and the unreadable files of a data set.
+
+    Every split is reported, also when some have no videos under the root: the table says what each split has,
+    and a line per split names the classes it lacks.
+    """
+    from fsar.data.loaders import LAYOUTS, fingerprint, scan
     from fsar.data.registry import get_dataset
     from fsar.data.video import filter_readable
 
@@ -35,16 +42,28 @@ def info(
     try:
         ds = get_dataset(dataset)
     except KeyError as e:
-        fail(e.args[0])
-    summary = Table(title=f"{ds.name}: {ds.description}")
+        fail(error_message(e))
+    if root is not None and not root.expanduser().is_dir():
+        what = "is a file, expected a folder" if root.expanduser().exists() else "does not exist"
+        fail(f"data root {root} {what}; expected {LAYOUTS}")
+    summary = Table(title=escape(f"{ds.name}: {ds.description}"))
     for col in ("split", "classes", "with videos", "videos", "min/median/max per class", "missing", "unreadable"):
         summary.add_column(col, justify="right" if col != "split" else "left")
-    all_bad, all_records = [], []
+    all_bad, all_records, notes = [], [], []
     for s in splits:
-        try:
-            listing = scan(ds, root, s, split_file)
-        except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-            fail(e.args[0] if e.args else str(e))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scan's warnings about absent folders: said below, more completely
+            try:
+                listing = scan(ds, root, s, split_file)
+            except FileNotFoundError as e:
+                if root is None or split_file is not None:
+                    fail(error_message(e))
+                first = ds.split(s)[0].key
+                notes.append(f"{s}: no folder for any of its {len(ds.split(s))} classes under {root} (e.g. '{first}')")
+                summary.add_row(s, str(len(ds.split(s))), "0", "0", "-", "-", "-")
+                continue
+            except (ValueError, FileExistsError, KeyError, RuntimeError, OSError) as e:
+                fail(error_message(e))
         records = listing.records
         bad = []
         if check and records:
@@ -58,21 +77,30 @@ def info(
         summary.add_row(s, str(len(counts)), str(sum(1 for v in per if v)), str(len(records)),
                         f"{per[0]}/{statistics.median(per):g}/{per[-1]}" if per else "-",
                         str(len(listing.missing)), str(len(bad)) if check else "not checked")
+        empty = [k for k, v in counts.items() if not v]
+        if empty:
+            more = f", ... ({len(empty) - 10} more)" if len(empty) > 10 else ""
+            notes.append(f"{s}: no videos for {len(empty)} of {len(counts)} classes: {', '.join(empty[:10])}{more}")
         if classes:
             t = Table(title=f"{s} classes")
             t.add_column("label", justify="right")
             t.add_column("class")
             t.add_column("videos", justify="right")
             for c in ds.split(s):
-                t.add_row(str(c.index), c.key, str(counts[c.key]))
+                t.add_row(str(c.index), escape(c.key), str(counts[c.key]))
             out.print(t)
         for m in listing.missing[:10]:
-            console.print(f"[yellow]missing[/] {m}", highlight=False)
+            console.print(Text.assemble(("missing", "yellow"), f" {m}"), highlight=False, soft_wrap=True)
     out.print(summary)
     if all_records:
-        out.print(f"data root: {all_records[0].root}   fingerprint: {fingerprint(all_records)}", highlight=False)
+        out.print(f"data root: {all_records[0].root}   fingerprint: {fingerprint(all_records)}", markup=False,
+                  highlight=False, soft_wrap=True)
     for rec, reason in all_bad:
-        out.print(f"[red]unreadable[/] {rec.path}: {reason}", highlight=False)
+        out.print(Text.assemble(("unreadable", "red"), f" {rec.path}: {reason}"), highlight=False, soft_wrap=True)
+    for note in notes:
+        console.print(Text.assemble(("note:", "yellow"), f" {note}"), highlight=False, soft_wrap=True)
+    if not all_records:
+        fail(f"no videos of {ds.name} found under {root}; expected {LAYOUTS}")
 
 
 @app.command()
@@ -82,31 +110,32 @@ def synth(
     size: int = typer.Option(64, "--size", min=16, help="frame width and height in pixels (even)"),
     frames: int = typer.Option(16, "--frames", min=2, help="frames per video"),
     seed: int = typer.Option(0, "--seed", help="generation seed"),
+    workers: int = typer.Option(0, "--workers", min=0, help="processes that render videos (0: one per CPU, at most 2); the videos do not depend on it"),
     force: bool = typer.Option(False, "--force", help="replace a folder made with other settings"),
-    preview: bool = typer.Option(True, "--preview/--no-preview", help="write preview.png (a few classes, frame by frame)"),
+    preview: bool = typer.Option(True, "--preview/--no-preview", help="write preview.png (a few classes, frame by frame) if it is missing"),
 ):
     """Generate the synthetic action-video benchmark (real .mp4 files, split lists, masks, manifest)."""
     from fsar.data.synthetic import ensure_synthetic, read_manifest, write_preview
 
     try:
         root = ensure_synthetic(out_dir, videos_per_class=videos_per_class, size=size, frames=frames, seed=seed,
-                                force=force)
-    except (ValueError, FileExistsError, KeyError) as e:
-        fail(e.args[0])
-    manifest = read_manifest(root)
-    if preview:
-        write_preview(root, root / "preview.png")
-    out.print(f"synthetic benchmark: {root}", highlight=False)
+                                force=force, workers=workers or None)
+        manifest = read_manifest(root)
+        if preview and not (root / "preview.png").is_file():
+            write_preview(root, root / "preview.png")
+    except (ValueError, FileExistsError, KeyError, RuntimeError, OSError) as e:
+        fail(error_message(e))
+    out.print(f"synthetic benchmark: {root}", markup=False, highlight=False, soft_wrap=True)
     out.print(f"  {len(manifest['classes'])} classes, {manifest['num_videos']} videos "
               f"(train/val/test {manifest['splits']['train']}/{manifest['splits']['val']}/{manifest['splits']['test']}), "
               f"{manifest['size']}px, {manifest['frames']} frames, seed {manifest['seed']}, "
-              f"fingerprint {manifest['fingerprint']}", highlight=False)
+              f"fingerprint {manifest['fingerprint']}", markup=False, highlight=False, soft_wrap=True)
     if preview:
-        out.print(f"  preview: {root / 'preview.png'}", highlight=False)
+        out.print(f"  preview: {root / 'preview.png'}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:
-    app()
+    run_cli(app, prog_name="fsar-data")
 
 
 if __name__ == "__main__":

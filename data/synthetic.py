@@ -17,12 +17,15 @@ videos on demand. Everything is a deterministic function of the seed.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -483,13 +486,22 @@ def ensure_synthetic(root: Path | str | None = None, videos_per_class: int = DEF
     root = Path(root) if root is not None else default_root(videos_per_class, size, frames, seed)
     params = dict(generator_version=GENERATOR_VERSION, videos_per_class=videos_per_class, size=size, frames=frames,
                   seed=seed, fps=FPS, classes=keys)
+
+    def complete() -> bool:
+        manifest = read_manifest(root)
+        return manifest is not None and all(manifest.get(k) == v for k, v in params.items()) and not force
+
+    if complete() and not _temp_folders(root):
+        return root  # nothing to write: works on a read-only copy too
     from filelock import FileLock
 
-    root.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(root.parent)
     with FileLock(str(root.parent / f".{root.name}.lock")):
-        manifest = read_manifest(root)
-        if manifest is not None and all(manifest.get(k) == v for k, v in params.items()) and not force:
+        for stale in _temp_folders(root):  # left by killed runs: no live run has one while we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        if complete():
             return root
+        manifest = read_manifest(root)
         if root.exists() and any(root.iterdir()) and not force:
             why = "was made with other parameters" if manifest else "is not a synthetic benchmark (no manifest.json)"
             raise FileExistsError(f"{root} {why}; pass another --out, or --force to replace it")
@@ -497,7 +509,6 @@ def ensure_synthetic(root: Path | str | None = None, videos_per_class: int = DEF
             print(f"Generating the synthetic benchmark ({len(keys)} classes x {videos_per_class} videos, "
                   f"{size}x{size}px, {frames} frames, seed {seed}) in {root} ...", file=sys.stderr)
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
             manifest = _generate(tmp, keys, params, progress, workers or min(2, os.cpu_count() or 1))
             if root.exists():
@@ -510,6 +521,52 @@ def ensure_synthetic(root: Path | str | None = None, videos_per_class: int = DEF
                   f"({manifest['num_videos'] / max(manifest['seconds'], 1e-9):.1f} videos/s) to {root}",
                   file=sys.stderr)
     return root
+
+
+def _temp_folders(root: Path) -> list[Path]:
+    """The temporary folders (``.<name>.tmp-<pid>``) that runs generating ``root`` write into."""
+    return sorted(root.parent.glob(f".{glob.escape(root.name)}.tmp-*")) if root.parent.is_dir() else []
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` and check that files can be written in it; a one-line PermissionError otherwise."""
+    fix = "pass --out a writable folder, or set FSAR_CACHE to one"
+    blocker = next((p for p in (*reversed(folder.parents), folder) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise PermissionError(f"cannot write the synthetic benchmark in {folder}: {blocker} is a file, not a folder; "
+                              f"{fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"cannot write the synthetic benchmark in {folder} ({e.strerror or e}); {fix}") from None
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool worker start-up: die with the generating process, even when it is killed with SIGKILL.
+
+    A worker blocks reading its next job from the pool's pipe, and its own copy of the pipe's writing end keeps
+    that read from ever ending, so without this an orphaned worker waits forever. On Linux the kernel sends the
+    worker SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere a thread checks the parent's pid
+    every half second. Ctrl-C is left to the parent, which stops the pool.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
 
 
 def _write_one(job: tuple[str, int, str, dict]) -> str:
@@ -545,11 +602,19 @@ def _generate(out: Path, keys: list[str], params: dict, progress: bool, workers:
     if workers > 1 and len(jobs) >= 8 * workers:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_exit_with_parent,
+                                   initargs=(os.getpid(),))
+        try:
             digests = list(track(pool.map(_write_one, jobs, chunksize=8), "synthetic videos", enabled=progress,
                                  total=len(jobs)))
+        except BrokenProcessPool:
+            raise RuntimeError("a worker process generating the synthetic videos died (killed, or out of memory?); "
+                               "nothing was kept; run again, with --workers 1 if it happens again") from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish the videos in progress, start no more
     else:
         digests = [_write_one(job) for job in track(jobs, "synthetic videos", enabled=progress)]
     split_lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
