@@ -3,6 +3,7 @@ a data root with some splits missing, names with square brackets (rich markup mu
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,15 +119,35 @@ def test_synth_where_it_cannot_write_is_a_one_line_error(tmp_path, monkeypatch):
     line = _one_error_line(runner.invoke(app, ["synth", *small]))
     assert str(blocker) in line and "FSAR_CACHE" in line
     assert blocker.read_text() == "not a folder"
-    if os.geteuid() != 0:  # root may write anywhere: a read-only folder stops only other users
-        locked = tmp_path / "read-only"
-        locked.mkdir()
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    args = ["synth", "--out", str(locked / "set"), *small]
+    if os.geteuid() != 0:
         locked.chmod(0o555)
         try:
-            line = _one_error_line(runner.invoke(app, ["synth", "--out", str(locked / "set"), *small]))
+            line = _one_error_line(runner.invoke(app, args))
         finally:
             locked.chmod(0o755)
-        assert str(locked) in line and "cannot write" in line
+    else:  # root writes through permissions: mount the folder read-only in a private mount namespace instead
+        res = _run_with_read_only(locked, args)
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert res.returncode == 2 and len(lines) == 1, res.stderr
+        line = lines[0]
+        assert "Read-only file system" in line
+    assert line.startswith(f"error: cannot write the synthetic benchmark in {locked}") and "--out" in line
+    assert not any(locked.iterdir())
+
+
+def _run_with_read_only(folder: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """``fsar-data ARGS`` with ``folder`` mounted read-only for it alone (root; skips where mounts are not allowed)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare to mount a read-only folder")
+    script = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" || exit 99; shift; exec "$@"'
+    res = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(folder), sys.executable, "-m",
+                          "fsar.cli.data", *args], capture_output=True, text=True, timeout=300)
+    if res.returncode == 99:
+        pytest.skip(f"cannot mount a read-only folder here: {res.stderr.strip()[:200]}")
+    return res
 
 
 def test_info_reports_every_split_and_prints_brackets(tmp_path):
