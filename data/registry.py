@@ -122,16 +122,59 @@ def get_dataset(name: str) -> DatasetInfo:
     raise KeyError(f"unknown dataset '{name}'; known datasets: {', '.join(known_datasets())}")
 
 
-def load_class_file(path: str | Path, name: str | None = None) -> DatasetInfo:
-    """A custom class list: one name per line (.txt), a CSV with a ``name`` (or first) column, or a JSON list.
+CLASS_COLUMNS = ("name", "class", "class_name", "label", "action")  # CSV header names of the class column
 
-    Raises ValueError naming the file and line of the first problem; nothing is silently dropped.
+
+def _read_utf8(path: Path) -> str:
+    """The file's text; a byte-order mark is dropped, and non-UTF-8 bytes are a one-line error naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the class file as UTF-8"
+        ) from None
+
+
+def _is_comment(text: str) -> bool:
+    return text.lstrip().startswith("#")
+
+
+def load_class_file(path: str | Path, name: str | None = None) -> DatasetInfo:
+    """A custom class list: one name per line (.txt), a CSV, or a JSON list (or ``{"classes": [...]}``).
+
+    - The file must be UTF-8 (a byte-order mark is allowed and dropped).
+    - .txt and .csv: lines (rows) starting with ``#`` are comments; they are skipped and their line numbers are
+      returned in ``extra["comment_lines"]`` so that the caller can say how many were skipped.
+    - .csv: a first row naming a column ``name``, ``class``, ``class_name``, ``label`` or ``action`` is a header and
+      that column holds the classes (``id,class`` takes ``class``); without such a header, the first column.
+    - Rejected, naming the file and line: empty names, names with no letter or digit (``___``, ``[]``), and names
+      that read the same as an earlier one once normalised (``Pole Vault``, ``pole_vault``, ``PoleVault`` are one
+      class, ``pole vault``: keep one of them).
+    - The set is named ``name`` (a plain name, see ``check_name``), else after the file; it may not be the name of a
+      registered data set, whose stored knowledge the custom classes would otherwise join.
     """
+    from fsar.data.paths import check_name, path_problem
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"class file {path} does not exist; give one class name per line")
-    text = path.read_text(encoding="utf-8")
+    problem = path_problem(path, "file")
+    if problem == "does not exist":
+        raise FileNotFoundError(f"class file {path} does not exist; give a file with one class name per line")
+    if problem:
+        raise ValueError(f"class file {path} {problem}; give a file with one class name per line")
+    if name is not None:
+        check_name(name, "--dataset")
+    else:
+        name = re.sub(r"[^A-Za-z0-9._+-]+", "_", path.stem).strip("._-+")[:128] or "custom"
+    if name in known_datasets():
+        raise ValueError(
+            f"custom classes cannot be stored as '{name}', a registered data set (they would mix with its knowledge); "
+            f"pass --dataset with another name, e.g. --dataset {name}_custom"
+        )
+    text = _read_utf8(path)
     keys: list[tuple[int, str]] = []
+    comments: list[int] = []
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -146,32 +189,49 @@ def load_class_file(path: str | Path, name: str | None = None) -> DatasetInfo:
                 raise ValueError(f"{path}: item {i} is {type(item).__name__}, expected a class name string")
             keys.append((i, item))
     elif path.suffix.lower() == ".csv":
-        rows = list(csv.reader(text.splitlines()))
+        rows = [(i, row) for i, row in enumerate(csv.reader(text.splitlines()), 1)]
+        comments = [i for i, row in rows if row and _is_comment(row[0])]
+        rows = [(i, row) for i, row in rows if i not in comments]
         if not rows:
             raise ValueError(f"{path}: the class file is empty; give one class name per line")
-        header = [h.strip().lower() for h in rows[0]]
-        col = header.index("name") if "name" in header else 0
-        start = 1 if "name" in header or "class" in header else 0
-        for i, row in enumerate(rows[start:], start + 1):
+        header = [h.strip().lower() for h in rows[0][1]]
+        named = [c for c in CLASS_COLUMNS if c in header]
+        col = header.index(named[0]) if named else 0
+        for i, row in rows[1:] if named else rows:
             if not row or not "".join(row).strip():
                 continue
             if col >= len(row):
                 raise ValueError(f"{path}: line {i}: has no column {col + 1}; expected a class name there")
             keys.append((i, row[col]))
     else:
-        keys = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip() and not line.startswith("#")]
+        for i, line in enumerate(text.splitlines(), 1):
+            if _is_comment(line):
+                comments.append(i)
+            elif line.strip():
+                keys.append((i, line))
+    where = "item" if path.suffix.lower() == ".json" else "line"
     seen: dict[str, int] = {}
+    natural: dict[str, tuple[int, str]] = {}  # prompt name -> (line, key) of its first class
     for lineno, key in keys:
         key = key.strip()
         if not key:
-            raise ValueError(f"{path}: line {lineno}: empty class name")
+            raise ValueError(f"{path}: {where} {lineno}: empty class name")
         if len(key) > 200 or "\x00" in key:
-            raise ValueError(f"{path}: line {lineno}: does not look like a class name ({key[:40]!r}...)")
+            raise ValueError(f"{path}: {where} {lineno}: does not look like a class name ({key[:40]!r}...)")
         if key in seen:
-            raise ValueError(f"{path}: line {lineno}: class '{key}' repeats line {seen[key]}")
+            raise ValueError(f"{path}: {where} {lineno}: class '{key}' repeats {where} {seen[key]}")
+        pname = prompt_name(key)
+        if not re.search(r"[^\W_]", pname):
+            raise ValueError(f"{path}: {where} {lineno}: class '{key}' has no letter or digit; give a class name")
+        if pname in natural:
+            first_line, first = natural[pname]
+            raise ValueError(
+                f"{path}: {where} {lineno}: class '{key}' is the same class as '{first}' ({where} {first_line}) "
+                f"(both read as '{pname}'); keep one of them"
+            )
         seen[key] = lineno
+        natural[pname] = (lineno, key)
     if not seen:
         raise ValueError(f"{path}: the class file is empty; give one class name per line")
-    name = name or path.stem
     classes = tuple(ClassInfo(key=k, name=prompt_name(k), split="custom", index=i) for i, k in enumerate(seen))
-    return DatasetInfo(name=name, classes=classes, description=f"custom classes from {path}")
+    return DatasetInfo(name=name, classes=classes, description=f"custom classes from {path}", extra={"comment_lines": comments})

@@ -95,6 +95,8 @@ def resolve_encoder(name: str | None = None) -> EncoderSpec:
         if not any((path / f).is_file() for f in ("modules.json", "config.json")):
             raise EncoderError(f"encoder folder {path} has neither modules.json nor config.json; give a sentence-transformers or Hugging Face model folder")
         return EncoderSpec(name, str(path.resolve()), f"{path.resolve().name}@{_folder_digest(path.resolve())}")
+    if path.is_file():
+        raise EncoderError(f"encoder {path} is a file, expected a folder; give a sentence-transformers or Hugging Face model folder, or a Hub id")
     if name.startswith((".", "/", "~")) or path.suffix:
         raise EncoderError(f"encoder '{name}' is not an existing folder; give a model folder, a Hub id, or leave --encoder out for {DEFAULT_ENCODER}")
     repo = name if "/" in name else f"sentence-transformers/{name}"

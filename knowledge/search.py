@@ -9,13 +9,13 @@ fingerprint, so only the first query after an embed pays for training.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from fsar.data.paths import atomic_write_bytes, check_name
 from fsar.knowledge.cache import canonical_json, sha256_text
 from fsar.knowledge.embed import embed_command, embeddings_root, encode_texts, list_embeddings, read_set
 from fsar.knowledge.encoders import EncoderSpec, resolve_encoder
@@ -101,7 +101,7 @@ class Collection:
 def load_collection(dataset: str = "all", encoder: str | None = None, kind: str | None = None) -> Collection:
     """The embedded texts of ``dataset`` (or all data sets) for ``encoder``; FileNotFoundError names the embed command."""
     spec = resolve_encoder(encoder)
-    scope = None if dataset in (None, "all") else dataset
+    scope = None if dataset in (None, "all") else check_name(dataset, "--dataset")
     sets = [m for m in list_embeddings(scope) if m.get("encoder") == spec.id and (kind in (None, "all") or m["kind"] == kind)]
     if not sets:
         ds, kd = scope or "hmdb51", kind if kind not in (None, "all") else "dist"
@@ -137,10 +137,7 @@ def collection_index(col: Collection, threshold: int = APPROX_THRESHOLD) -> Vect
         col.index = VectorIndex(index, "ivf", index.ntotal, index.d)
     else:
         col.index = build_index(col.vectors, approximate=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(col.index.index, str(tmp))
-        os.replace(tmp, path)
+        atomic_write_bytes(path, faiss.serialize_index(col.index.index).tobytes())
     return col.index
 
 
