@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Features, List, Value
 
-from fsar.data.paths import atomic_write_text, cache_root
+from fsar.data.paths import atomic_write_text, cache_root, ensure_writable
 from fsar.knowledge.cache import canonical_json, sha256_text
 from fsar.knowledge.encoders import EncoderSpec, load_encoder, normalize, resolve_encoder
 from fsar.knowledge.schemas import KINDS, STAGES, get_kind
@@ -124,7 +124,8 @@ def _text_table(keys: list[str], texts: list[str], vectors: np.ndarray) -> pa.Ta
 def _write_parquet(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
+    with open(tmp, "wb") as f:  # Python's open: an OSError that names the file (pyarrow's names none)
+        pq.write_table(table, f)
     os.replace(tmp, path)
 
 
@@ -254,6 +255,7 @@ def embed_knowledge(
             return EmbedResult(dataset, kind, ks.model, spec.id, folder, old["texts"], old.get("unique", old["texts"]), 0, True,
                                time.perf_counter() - start, old)
 
+    ensure_writable(embeddings_root())  # before any encoding: a read-only cache fails at once, naming the folder
     rows: list[dict] = []
     for r in ks.rows:
         base = {"class_key": r["class_key"], "class_name": r["class_name"], "class_index": r["index"], "split": r["split"]}

@@ -5,6 +5,8 @@ validate it, and on failure ask again with only the latest error appended, up to
 still fails is stored as failed with its raw outputs and errors: never dropped, never filled in. The store is
 rewritten atomically as classes finish, so an interrupted run keeps what it finished; the next run redoes only
 failed, missing or stale classes (stale: made with another model, template, schema, seed or temperature).
+Each write merges this run's rows into the stored set under the set's lock (``merge_knowledge``), so two runs on one
+cache at once keep each other's rows.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from fsar.knowledge.backends import Backend, Sampling, make_backend
 from fsar.knowledge.cache import ResponseCache, canonical_json, request_key, sha256_text
 from fsar.knowledge.prompting import render_prompt, template_hash
 from fsar.knowledge.schemas import KnowledgeKind, parse_kinds
-from fsar.knowledge.store import KnowledgeSet, knowledge_dir, load_knowledge, save_knowledge
+from fsar.knowledge.store import KnowledgeSet, knowledge_dir, load_knowledge, merge_knowledge
 from fsar.knowledge.validate import InvalidAnswer, validate_answer
 
 FSAR_VERSION = "0.1.0"
@@ -80,7 +82,7 @@ class ClassEvent:
 
 
 def resolve_classes(dataset: str | None, classes_file: str | Path | None, split: str = "all", limit: int | None = None) -> tuple[DatasetInfo, list[ClassInfo]]:
-    """The data set and the classes to generate for (a class file overrides the registry's classes)."""
+    """The data set and the classes to generate for (a class file makes its own set, named by ``dataset`` or the file)."""
     if classes_file:
         info = load_class_file(classes_file, name=dataset)
         classes = list(info.classes)
@@ -217,7 +219,8 @@ class Generator:
             existing = {r["class_key"]: r for r in load_knowledge(dataset, kind.name, model).rows}
         except FileNotFoundError:
             existing = {}
-        rows = dict(existing)  # classes outside this run's selection are kept as they are
+        rows = dict(existing)  # the stored set as last written (by this run or, concurrently, another one)
+        new_rows: dict[str, dict] = {}  # what this run made; merged into the stored set at each write
         todo = []
         for cls in classes:
             prev = existing.get(cls.key)
@@ -230,6 +233,16 @@ class Generator:
         last_save = time.perf_counter()
         dirty = False
 
+        def keep_stored(stored: dict, new: dict) -> bool:
+            """A class this run failed that another run made valid meanwhile keeps the other run's row."""
+            before = existing.get(stored["class_key"]) or {}
+            changed = (stored.get("provenance") or {}).get("cache_keys") != (before.get("provenance") or {}).get("cache_keys")
+            return new["status"] != "ok" and stored["status"] == "ok" and changed
+
+        def save() -> dict[str, dict]:
+            ks = merge_knowledge(dataset, kind.name, model, new_rows.values(), keep_stored)
+            return {r["class_key"]: r for r in ks.rows}
+
         async def one(cls: ClassInfo):
             return await self.run_class(kind, cls, existing.get(cls.key), summary)
 
@@ -237,16 +250,16 @@ class Generator:
         try:
             for fut in asyncio.as_completed(tasks):
                 row = await fut
-                rows[row["class_key"]] = row
+                new_rows[row["class_key"]] = row
                 dirty = True
                 if time.perf_counter() - last_save > SAVE_EVERY_S:
-                    save_knowledge(dataset, kind.name, model, list(rows.values()))
+                    rows = save()
                     last_save, dirty = time.perf_counter(), False
         finally:
             for t in tasks:
                 t.cancel()
-            if dirty or (rows and not existing) or self.opts.force:
-                save_knowledge(dataset, kind.name, model, list(rows.values()))
+            if dirty or self.opts.force:
+                rows = save()
         selected = {c.key for c in classes}
         summary.ok = sum(1 for k, r in rows.items() if k in selected and r["status"] == "ok")
         summary.failed_classes = [r["class_name"] for k, r in rows.items() if k in selected and r["status"] != "ok"]
