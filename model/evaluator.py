@@ -97,6 +97,8 @@ def run_episodes(model: FewShotModel, feats: Tensor, episodes: Episodes, bank: T
     """Per-episode accuracies [E] from cached features [V, T, ...] (rows of ``feats`` = record indices)."""
     model.eval()
     rows = text_rows(bank, records, episodes.classes) if bank is not None else None
+    if model.adapter is not None:  # adapt every video once, not once per episode it appears in
+        feats = torch.cat([model.adapt(feats[s : s + 256].to(device)).cpu() for s in range(0, len(feats), 256)])
     accs = []
     for s in range(0, len(episodes), batch):
         ep = episodes.slice(s, s + batch)
@@ -104,7 +106,7 @@ def run_episodes(model: FewShotModel, feats: Tensor, episodes: Episodes, bank: T
         query = feats[ep.query].to(device)
         text = bank.gather(rows[s : s + batch], device) if rows is not None else None
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and torch.device(device).type == "cuda"):
-            out = model(support, query, text, features=True)
+            out = model(support, query, text, features=True, adapted=True)
         pred = out.logits.float().argmax(dim=-1).cpu()
         accs.append((pred == ep.query_labels).float().mean(dim=-1))
     return torch.cat(accs)

@@ -111,9 +111,12 @@ def extract_features(
     progress: bool = False,
     description: str = "features",
     amp: bool = False,
+    view: int = 0,
 ) -> tuple[Tensor, list[int]]:
     """Features of every readable video with deterministic frames: ([V, T, ...] float32 on CPU, kept indices).
 
+    ``view`` 0 is the test-style clip; view v > 0 is a train-style augmented clip whose augmentation is drawn from
+    (loader seed, v, video index) alone, so a frozen backbone can train on several fixed augmented views.
     Unreadable videos are left out with one warning; callers sample episodes from the kept ones only.
     """
     from fsar.data.progress import track
@@ -127,7 +130,11 @@ def extract_features(
         clips, ok = [], []
         for i in batch:
             try:
-                clips.append(loader.clip(i))
+                if view == 0:
+                    clips.append(loader.clip(i))
+                else:
+                    g = torch.Generator().manual_seed(derived_seed(loader.seed, 104729, view, i))
+                    clips.append(loader.clip(i, train=True, generator=g))
                 ok.append(i)
             except UnreadableVideo as e:
                 bad.append((i, e.reason))
@@ -146,12 +153,12 @@ def extract_features(
     return torch.cat(feats), kept
 
 
-def feature_cache_path(model, loader: ClipLoader, cache_dir: Path) -> Path:
+def feature_cache_path(model, loader: ClipLoader, cache_dir: Path, view: int = 0) -> Path:
     """Where the features of these records under these exact (frozen) weights are stored."""
-    key = "|".join([
+    key = "|".join(([f"view{view}", str(loader.seed)] if view else []) + [
         model.backbone.name,
         state_fingerprint(model.backbone),
-        "tokens" if model.head.needs_tokens else "pooled",
+        model.feature_kind,
         str(loader.num_frames),
         str(loader.size),
         _records_key(loader.records),
@@ -163,13 +170,13 @@ def cached_features(model, loader: ClipLoader, cache_dir: Path | None = None, **
     """``extract_features`` with an on-disk cache (used when the backbone is frozen: same weights, same features)."""
     if cache_dir is None or not model.backbone.frozen:
         return extract_features(model, loader, **kwargs)
-    path = feature_cache_path(model, loader, cache_dir)
+    path = feature_cache_path(model, loader, cache_dir, kwargs.get("view", 0))
     if path.is_file():
         blob = torch.load(path, map_location="cpu", weights_only=True)
         return blob["features"], blob["kept"].tolist()
     feats, kept = extract_features(model, loader, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # ranks may write the same cache at once
-    torch.save({"features": feats, "kept": torch.tensor(kept)}, tmp)
+    torch.save({"features": feats.half() if kwargs.get("view", 0) else feats, "kept": torch.tensor(kept)}, tmp)
     tmp.replace(path)
     return feats, kept

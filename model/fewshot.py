@@ -5,28 +5,57 @@ import hashlib
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from fsar.model.adapter import FrameAdapter, pool_grid
 from fsar.model.backbones import Backbone
 from fsar.model.registry import Head, HeadOutput
 
 
 class FewShotModel(nn.Module):
-    """Encodes clips with the backbone (frame by frame) and scores episodes with the head."""
+    """Encodes clips with the backbone (frame by frame) and scores episodes with the head.
 
-    def __init__(self, backbone: Backbone, head: Head):
+    With ``num_classes`` > 0 the model also carries a linear classifier over the training classes, used only during
+    training: cross-entropy of every episode video's pooled feature against its global class, weighted by
+    ``class_loss``, is added to the head's losses. This is what the field's code bases (CLIP-FSAR, HyRSM, MoLo) do
+    beside the episodic loss, and it is what keeps the features from collapsing: an episode's five-way loss can be
+    lowered to ln N by mapping every clip to one direction, a 60-way classification loss cannot.
+    """
+
+    def __init__(self, backbone: Backbone, head: Head, num_classes: int = 0, class_loss: float = 0.0,
+                 adapter: FrameAdapter | None = None):
         super().__init__()
         self.backbone = backbone
+        self.adapter = adapter
         self.head = head
+        self.class_loss = class_loss
+        # cosine classifier (normalised features and weights, fixed temperature 16): our choice, so that the
+        # auxiliary loss shapes directions, which is what every head's metric compares
+        self.classifier = nn.Linear(head.dim, num_classes, bias=False) if num_classes > 0 and class_loss > 0 else None
+
+    @property
+    def feature_kind(self) -> str:
+        """What ``encode`` returns (and the feature cache stores): tokens, a pooled patch grid, or pooled frames."""
+        if self.adapter is not None:
+            return f"grid{self.adapter.grid}"
+        return "tokens" if self.head.needs_tokens else "pooled"
 
     def encode(self, clips: Tensor) -> Tensor:
-        """Normalised clips [B, T, 3, H, W] -> features [B, T, D], or tokens [B, T, 1 + P, D] if the head needs them."""
+        """Normalised clips [B, T, 3, H, W] -> backbone features: [B, T, D] pooled frames, or [B, T, 1 + P, D] tokens
+        when the head needs them, or [B, T, 1 + grid², D] when an adapter follows (the patch map pooled to its grid)."""
         b = clips.shape[0]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone.frozen):
             tokens = self.backbone(rearrange(clips, "b t c h w -> (b t) c h w"))
+        if self.adapter is not None:
+            tokens = pool_grid(tokens, self.adapter.grid)
         tokens = rearrange(tokens, "(b t) p d -> b t p d", b=b)
-        return tokens if self.head.needs_tokens else tokens[:, :, 0]
+        return tokens if (self.head.needs_tokens or self.adapter is not None) else tokens[:, :, 0]
+
+    def adapt(self, feats: Tensor) -> Tensor:
+        """Backbone features -> what the head reads (the adapter's output; unchanged without an adapter)."""
+        return self.adapter(feats) if self.adapter is not None else feats
 
     def forward(
         self,
@@ -35,16 +64,39 @@ class FewShotModel(nn.Module):
         text: dict[str, Tensor] | None = None,
         query_labels: Tensor | None = None,
         features: bool = False,
+        class_labels: tuple[Tensor, Tensor] | None = None,
+        adapted: bool = False,
     ) -> HeadOutput:
         """Score episodes. support [E, N, K, T, ...], query [E, Q, T, ...]: clips [.., 3, H, W] or, with
-        ``features=True``, already encoded features (the cached path). Returns the head's HeadOutput."""
+        ``features=True``, already encoded features (the cached path). Returns the head's HeadOutput.
+
+        ``class_labels`` = (support [E, N, K], query [E, Q]) global training-class indices: adds the classification
+        loss (training only). ``adapted=True``: the features already went through ``adapt`` (evaluation adapts
+        every video once instead of once per episode)."""
         if not features:
             e, n, k = support.shape[:3]
             q = query.shape[1]
             feats = self.encode(torch.cat([support.flatten(0, 2), query.flatten(0, 1)]))
             support = feats[: e * n * k].unflatten(0, (e, n, k))
             query = feats[e * n * k :].unflatten(0, (e, q))
-        return self.head(support.float(), query.float(), text, query_labels)
+        if not adapted:
+            support, query = self.adapt(support), self.adapt(query)
+        out = self.head(support.float(), query.float(), text, query_labels)
+        if self.classifier is not None and class_labels is not None:
+            out.aux_losses["class"] = self.class_loss * self.classification_loss(support, query, *class_labels)
+        return out
+
+    def classification_loss(self, support: Tensor, query: Tensor, support_labels: Tensor, query_labels: Tensor) -> Tensor:
+        """Cross-entropy over the training classes of each video's frame-averaged global feature."""
+        def pooled(x: Tensor, lead: int) -> Tensor:
+            x = x.float().flatten(0, lead - 1)  # [B, T, D] or [B, T, 1 + P, D]
+            x = x[:, :, 0] if x.dim() == 4 else x
+            return x.mean(dim=1)
+
+        feats = torch.cat([pooled(support, 3), pooled(query, 2)])
+        labels = torch.cat([support_labels.flatten(), query_labels.flatten()])
+        logits = 16.0 * F.normalize(feats, dim=-1) @ F.normalize(self.classifier.weight, dim=-1).T
+        return F.cross_entropy(logits, labels)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsar.model.adapter import ADAPTERS, FrameAdapter
 from fsar.model.backbones import DEFAULT_SIZE, build_backbone, state_fingerprint
 from fsar.model.evaluator import (
     Episodes,
@@ -56,11 +57,16 @@ class TrainConfig:
     backbone: str = "tiny"
     backbone_path: str | None = None
     tune: str = "auto"  # frozen | full | N (last N blocks); auto = full for tiny, frozen for pretrained backbones
+    adapter: str = "auto"  # spatial | none: the trainable frame adapter (auto = spatial on pretrained backbones)
+    adapter_dim: int = 256  # width of the adapter's frame features (what the head sees)
+    train_views: int = 4  # frozen backbone: cached views per training video (1 = the test-style clip only)
+    view_seed: int = 0  # seed of those views' augmentation (fixed, so that runs of every seed share one cache)
     episodes: int = 500  # training episodes (all ranks together)
     batch: int = 1  # episodes per forward pass (per rank)
     accum: int = 1  # forward passes per optimizer step
     optimizer: str = "adamw"  # adam | adamw
     lr: float = 1e-3
+    class_loss: float = 1.0  # weight of the classification loss over all training classes (0 = episodic loss only)
     backbone_lr_scale: float | None = None  # None = 1.0 for tiny, 0.1 for pretrained backbones
     weight_decay: float = 1e-4
     warmup: float = 0.05  # fraction of optimizer steps with a linear warm-up
@@ -92,6 +98,10 @@ class TrainConfig:
             cfg.size = DEFAULT_SIZE.get(cfg.backbone, 224)
         if cfg.tune == "auto":
             cfg.tune = "full" if cfg.backbone == "tiny" else "frozen"
+        if cfg.adapter == "auto":
+            cfg.adapter = "none" if cfg.backbone == "tiny" else "spatial"
+        if cfg.adapter not in ADAPTERS:
+            raise ValueError(f"unknown --adapter '{cfg.adapter}'; choose one of: {', '.join(ADAPTERS)}")
         if cfg.backbone_lr_scale is None:
             cfg.backbone_lr_scale = 1.0 if cfg.backbone == "tiny" else 0.1
         if cfg.test_shot is None:
@@ -134,14 +144,25 @@ def check_fits(records: list, way: int, shot: int, query: int, split: str) -> No
         )
 
 
-def build_model(cfg: TrainConfig, bank: TextBank | None, backbone_config=None) -> FewShotModel:
-    """Backbone + head from a resolved config (the head gets the backbone's width and the text width)."""
+def build_model(cfg: TrainConfig, bank: TextBank | None, backbone_config=None, num_classes: int = 0) -> FewShotModel:
+    """Backbone + head from a resolved config (the head gets the backbone's width and the text width); with
+    ``num_classes`` (training) also the classifier of the auxiliary classification loss."""
     backbone = build_backbone(cfg.backbone, cfg.backbone_path, cfg.tune, seed=cfg.seed, config=backbone_config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(cfg.seed, 7))
-        head = build_method(cfg.method, dim=backbone.dim, num_frames=cfg.frames,
+        cls = get_method(cfg.method)
+        adapter = None
+        if cfg.adapter == "spatial":
+            adapter = FrameAdapter(backbone.dim, cfg.adapter_dim, tokens=cls.needs_tokens)
+        head = build_method(cfg.method, dim=adapter_width(backbone, adapter), num_frames=cfg.frames,
                             text_dim=bank.dim if bank is not None else None, **cfg.opts)
-    return FewShotModel(backbone, head)
+        model = FewShotModel(backbone, head, num_classes=num_classes, class_loss=cfg.class_loss, adapter=adapter)
+    return model
+
+
+def adapter_width(backbone, adapter) -> int:
+    """The feature width the head sees."""
+    return adapter.global_proj.out_features if adapter is not None else backbone.dim
 
 
 def load_bank(cfg: TrainConfig) -> TextBank | None:
@@ -158,6 +179,8 @@ def model_state(model: FewShotModel) -> dict:
 
 
 def load_model_state(model: FewShotModel, state: dict) -> None:
+    if model.classifier is None:  # the training-only classifier is not needed to evaluate
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k.startswith("backbone.") and model.backbone.pretrained)]
     if missing or unexpected:
@@ -235,7 +258,10 @@ class Trainer:
         check_fits(self.records["train"], cfg.way, cfg.shot, cfg.query, "train")
         check_fits(self.records["val"], cfg.way, cfg.test_shot, 1, "val")
         self.bank = load_bank(cfg)
-        self.model = build_model(cfg, self.bank, backbone_config).to(self.device)
+        train_labels = sorted({r.label for r in self.records["train"]})
+        self.class_lut = torch.full((max(train_labels) + 1,), -1, dtype=torch.long)
+        self.class_lut[torch.tensor(train_labels)] = torch.arange(len(train_labels))
+        self.model = build_model(cfg, self.bank, backbone_config, num_classes=len(train_labels)).to(self.device)
         self.use_cache = self.model.backbone.frozen  # fixed backbone: encode every video once
         torch.manual_seed(derived_seed(cfg.seed, 11, self.rank))  # dropout etc.; restored on resume
 
@@ -243,7 +269,8 @@ class Trainer:
         if not params:
             raise ValueError(f"nothing to train: method '{cfg.method}' has no parameters and the backbone is frozen; use --tune full or N")
         bb = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        hd = [p for p in self.model.head.parameters() if p.requires_grad]
+        in_backbone = {id(p) for p in self.model.backbone.parameters()}
+        hd = [p for p in params if id(p) not in in_backbone]  # head, adapter, classifier
         groups = [g for g in ({"params": hd, "lr": cfg.lr}, {"params": bb, "lr": cfg.lr * cfg.backbone_lr_scale}) if g["params"]]
         if cfg.optimizer not in ("adam", "adamw"):
             raise ValueError(f"unknown --optimizer '{cfg.optimizer}'; choose adam or adamw")
@@ -273,7 +300,8 @@ class Trainer:
                 find_unused_parameters=True,
             )
         self.amp = cfg.amp and self.device.type == "cuda"
-        self.train_loader = ClipLoader(self.records["train"], cfg.frames, cfg.size, self.model.backbone.norm, cfg.seed,
+        self.train_loader = ClipLoader(self.records["train"], cfg.frames, cfg.size, self.model.backbone.norm,
+                                       cfg.view_seed if self.use_cache else cfg.seed,
                                        frame_cache=cfg.frame_cache and not self.use_cache, progress=cfg.progress and self.main)
         self.sampler = make_sampler([r.label for r in self.records["train"]], cfg.way, cfg.shot, cfg.query, cfg.seed,
                                     self.total_steps * self.per_step)
@@ -349,13 +377,14 @@ class Trainer:
                 out.append(Episodes(support[None], query[None], labels[None], classes[None], first=g))
         return out
 
-    def _inputs(self, eps) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict | None]:
-        """Support, query (clips or cached features), query labels and text for a list of 1-episode Episodes."""
+    def _inputs(self, eps) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict | None, tuple]:
+        """Support, query (clips or cached features), query labels, text and the global training-class labels
+        (support [E, N, K], query [E, Q]) for a list of 1-episode Episodes."""
         sup = torch.cat([e.support for e in eps])
         qry = torch.cat([e.query for e in eps])
         labels = torch.cat([e.query_labels for e in eps])
         if self.use_cache:
-            support, query = self.train_feats[sup], self.train_feats[qry]
+            support, query = self._cached(eps, sup, qry)
         else:
             clips = []
             for e in eps:
@@ -367,7 +396,37 @@ class Trainer:
         text = None
         if self.bank is not None:
             text = self.bank.gather(self.train_lut[torch.cat([e.classes for e in eps])], self.device)
-        return support.to(self.device), query.to(self.device), labels.to(self.device), text
+        classes = self.class_lut[torch.cat([e.classes for e in eps])]  # [E, N]
+        support_cls = classes[:, :, None].expand(*sup.shape)
+        query_cls = torch.gather(classes, 1, labels)
+        class_labels = (support_cls.to(self.device), query_cls.to(self.device))
+        return support.to(self.device), query.to(self.device), labels.to(self.device), text, class_labels
+
+    def _train_views(self) -> torch.Tensor:
+        """Frozen backbone: features of ``train_views`` fixed views of every training video, [views, videos, T, ...]
+        in float16 (view 0 the test-style clip, the others augmented as training clips are), each cached on disk."""
+        cfg = self.cfg
+        views = []
+        for view in range(max(1, cfg.train_views)):
+            feats, kept = cached_features(self.model, self.train_loader, features_dir(), device=self.device, view=view,
+                                          progress=cfg.progress and self.main,
+                                          description=f"train features, view {view + 1}/{cfg.train_views}")
+            full = torch.zeros(len(self.records["train"]), *feats.shape[1:], dtype=torch.float16)
+            full[kept] = feats.half()
+            views.append(full)
+        return torch.stack(views)
+
+    def _cached(self, eps, sup: torch.Tensor, qry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached features of an episode's videos; each slot's view comes from (seed, episode, slot) only."""
+        views = []
+        for e in eps:
+            g = torch.Generator().manual_seed(derived_seed(self.cfg.seed, 15485863, e.first))
+            views.append(torch.randint(len(self.train_feats), (e.support.numel() + e.query.numel(),), generator=g))
+        views = torch.stack(views)  # [E, N*K + Q]
+        n_s = sup[0].numel()
+        support = self.train_feats[views[:, :n_s].reshape(sup.shape), sup].float()
+        query = self.train_feats[views[:, n_s:].reshape(qry.shape), qry].float()
+        return support, query
 
     # ---------------------------------------------------------------- validation and test
 
@@ -416,12 +475,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "config.json", asdict(cfg))
         if self.use_cache:
-            loader = self.train_loader
-            feats, kept = cached_features(self.model, loader, features_dir(), device=self.device,
-                                          progress=cfg.progress and self.main, description="train features")
-            full = torch.zeros(len(self.records["train"]), *feats.shape[1:])
-            full[kept] = feats
-            self.train_feats = full
+            self.train_feats = self._train_views()
         stop = min(cfg.stop_at if cfg.stop_at is not None else cfg.episodes, cfg.episodes)
         self.model.train()
         progress = _progress(cfg.progress and self.main, cfg.episodes, self.episode, cfg.method)
@@ -435,12 +489,12 @@ class Trainer:
                 loss_sum, acc_sum = 0.0, 0.0
                 for a in range(cfg.accum):
                     eps = self._episodes(self.episode + a * cfg.batch * self.world, cfg.batch * self.world)
-                    support, query, labels, text = self._inputs(eps)
+                    support, query, labels, text, class_labels = self._inputs(eps)
                     sync = a == cfg.accum - 1 or self.world == 1
                     ctx = self.ddp.no_sync() if (self.world > 1 and not sync) else contextlib.nullcontext()
                     with ctx:
                         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                            out = self.ddp(support, query, text, labels, features=self.use_cache)
+                            out = self.ddp(support, query, text, labels, features=self.use_cache, class_labels=class_labels)
                             logits = out.logits.float()
                             loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
                             for aux in out.aux_losses.values():
@@ -510,6 +564,8 @@ class Trainer:
             res = self.test()
             result = result_payload(cfg, res, "test", self.records, self.bank, trained_shot=cfg.shot,
                                     checkpoint=self.best_path, best=self.best)
+            torch.save(res.accuracies, self.out / "test_accuracies.pt")  # per episode, for paired comparisons
+            result["episode_accuracies"] = str(self.out / "test_accuracies.pt")
             write_json(self.out / "result.json", result)
             self.log({"kind": "test", "episode": self.episode, "acc": res.mean, "ci95": res.ci95, "episodes": res.episodes})
             plot_training(self.log_path, self.out / "curves.png", f"{cfg.method} on {cfg.dataset}: test {format_accuracy(res.mean, res.ci95)}%")

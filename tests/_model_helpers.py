@@ -28,7 +28,7 @@ def synth_root(tmp_path_factory) -> Path:
 
 def fast_config(root: Path, out: Path, **kw) -> TrainConfig:
     """A training run of a few seconds on the small benchmark."""
-    base = dict(dataset="synthetic", root=str(root), way=5, shot=1, query=1, size=SIZE, episodes=20, val_every=10,
+    base = dict(dataset="synthetic", root=str(root), backbone="tiny", way=5, shot=1, query=1, size=SIZE, episodes=20, val_every=10,
                 val_episodes=20, test_episodes=30, out=str(out), progress=False, log_every=1)
     base.update(kw)
     return TrainConfig(**base)

@@ -206,7 +206,7 @@ def _loss_on(trainer: Trainer, episodes: range) -> float:
     trainer.model.eval()
     total = 0.0
     for i in episodes:
-        support, query, labels, text = trainer._inputs(trainer._episodes(i, 1))
+        support, query, labels, text, _ = trainer._inputs(trainer._episodes(i, 1))
         out = trainer.model(support, query, text, labels, features=trainer.use_cache)
         total += float(F.cross_entropy(out.logits.flatten(0, 1), labels.flatten()))
     trainer.model.train()

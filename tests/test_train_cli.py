@@ -15,7 +15,7 @@ from _model_helpers import SIZE, one_thread, synth_root  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-FAST = ["--size", str(SIZE), "--query", "1", "--val-episodes", "10", "--test-episodes", "20", "--no-progress"]
+FAST = ["--backbone", "tiny", "--size", str(SIZE), "--query", "1", "--val-episodes", "10", "--test-episodes", "20", "--no-progress"]
 
 
 def _one_line_error(result, *needles):
