@@ -6,6 +6,7 @@ Same prompts (the first --classes hmdb51 classes, dist kind, first attempt), sam
 
     python bench/bench_decoder.py                 # 8 classes; parallel 1, 2, 4, 8
     python bench/bench_decoder.py --classes 16 --skip-baseline
+    python bench/bench_decoder.py --model qwen2.5-coder-1.5b --parallel 8 --skip-baseline
 
 Prints tokens/s (throughput: all tokens over the wall time) and the speed-up over create_completion.
 """
@@ -65,15 +66,16 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=8)
     ap.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--model", default=None, help="a packaged model's short name (default: the embedded default) or a GGUF path")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from fsar.knowledge.backends.llamacpp import default_model_path
+    from fsar.knowledge.models import DEFAULT_MODEL, resolve_model
 
-    path = str(default_model_path()[0])
+    path = str(resolve_model(args.model or DEFAULT_MODEL).path)
     threads = int(os.environ.get("FSAR_LLM_THREADS") or 0) or os.cpu_count() or 1
     reqs = requests(args.classes)
     common = dict(seed=0, temperature=0.7, top_p=0.95, max_tokens=384, frequency_penalty=0.3, presence_penalty=0.5)
-    print(f"{args.classes} hmdb51 classes, dist prompts, {threads} threads")
+    print(f"{args.classes} hmdb51 classes, dist prompts, {threads} threads, {os.path.basename(path)}")
     print("| decoder | tokens | seconds | tokens/s | speed-up |")
     print("|---|---|---|---|---|")
     base = None

@@ -104,3 +104,29 @@ def test_qwen_resolves_to_the_full_checked_file():
     assert r.path.stat().st_size == 1117320768
     with open(r.path, "rb") as f:
         assert f.read(4) == b"GGUF"
+
+
+@pytest.mark.slow
+def test_qwen_answers_through_its_chat_template():
+    """Qwen's prompt is the user turn of the chat template from its GGUF, its markers read as special tokens; the
+    constrained answer is JSON of the schema, anchored on the class."""
+    import json
+
+    from fsar.knowledge.backends.base import Sampling
+    from fsar.knowledge.backends.llamacpp import LlamaCppBackend
+    from fsar.knowledge.prompting import render_prompt
+    from fsar.knowledge.schemas import get_kind
+
+    backend = LlamaCppBackend("qwen2.5-coder-1.5b", parallel=1)
+    try:
+        assert backend.prompt_style == "chat" and backend.identity()["prompt_style"] == "chat"
+        prompt = render_prompt("dist", "ride bike", {"spatial": 1, "temporal": 1})
+        text = backend.format_prompt(prompt)
+        assert text.startswith("<|im_start|>system\n") and text.endswith("Sheet:<|im_end|>\n<|im_start|>assistant\n")
+        assert len(backend._load().model.tokenize(b"<|im_start|>", add_bos=False, special=True)) == 1
+        schema = get_kind("dist").schema(action="ride bike", spatial=1, temporal=1)
+        done = backend.generate(prompt, schema.model_json_schema(), Sampling(seed=0, max_tokens=60))
+        assert json.loads(done.text)["action"] == "ride bike" and schema.model_validate_json(done.text)
+        assert done.prompt_tokens > 200  # the whole chat, worked examples included (255 tokens)
+    finally:
+        backend.close()
