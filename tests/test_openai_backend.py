@@ -12,7 +12,7 @@ import pytest
 
 from fsar.knowledge.backends import BackendError
 from fsar.knowledge.backends.openai_api import OpenAIBackend
-from fsar.knowledge.generate import generate_knowledge
+from fsar.knowledge.generate import GenerateOptions, generate_knowledge
 from fsar.knowledge.store import load_knowledge
 
 
@@ -82,3 +82,39 @@ def test_unreachable_server_fails_fast():
     with pytest.raises(BackendError, match="cannot reach an OpenAI-compatible server at http://127.0.0.1:9/v1"):
         OpenAIBackend(None, base_url="http://127.0.0.1:9/v1")
     assert time.perf_counter() - start < 10
+
+
+def test_named_model_on_unreachable_server_fails_fast():
+    """With --model the server is still reached first: a wrong URL fails in seconds, not after 15 s of retries."""
+    start = time.perf_counter()
+    with pytest.raises(BackendError, match=r"cannot reach an OpenAI-compatible server at http://\*\*\*@127.0.0.1:9/v1") as e:
+        OpenAIBackend("m", base_url="http://user:secret@127.0.0.1:9/v1")
+    assert time.perf_counter() - start < 5
+    assert "secret" not in str(e.value)
+
+
+def test_cli_unreachable_server_one_line_without_credentials(fsar_cache):
+    start = time.perf_counter()
+    res = subprocess.run(
+        [sys.executable, "-m", "fsar.cli.knowledge", "generate", "--dataset", "hmdb51", "--limit", "1", "--backend", "openai",
+         "--base-url", "http://user:secret@127.0.0.1:9/v1", "--model", "m"],
+        capture_output=True, text=True,
+    )
+    assert time.perf_counter() - start < 15  # Python start-up included; the retries alone took 15 s
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0] == "error: cannot reach an OpenAI-compatible server at http://***@127.0.0.1:9/v1; start it or fix --base-url"
+    assert "secret" not in res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_credentials_in_the_url_are_used_but_never_stored(fsar_cache, server):
+    url = server.replace("http://", "http://user:secret@")
+    opts = GenerateOptions(max_tokens=8, max_attempts=1)  # one short request is enough to write everything
+    [s] = generate_knowledge("ucf101", "dist", limit=1, backend="openai", base_url=url, model="gemma3-270m", options=opts)
+    assert s.llm_calls == 1
+    [row] = load_knowledge("ucf101", "dist", "gemma3-270m").rows
+    assert json.loads(row["provenance"]["model_id"])["base_url"] == server.replace("http://", "http://***@")
+    written = [p for p in fsar_cache.rglob("*") if p.is_file()]
+    assert any("responses" in p.parts for p in written)  # the response cache was written...
+    assert not [p for p in written if b"secret" in p.read_bytes()]  # ...and no file holds the password

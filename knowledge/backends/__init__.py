@@ -1,7 +1,9 @@
 """LLM backends: embedded llama.cpp (default), any OpenAI-compatible server, in-process vLLM."""
 from __future__ import annotations
 
-from fsar.knowledge.backends.base import Backend, BackendError, Completion, Sampling
+from pathlib import Path
+
+from fsar.knowledge.backends.base import Backend, BackendError, Completion, Sampling, redact_url
 
 BACKENDS = ("llamacpp", "openai", "vllm")
 
@@ -11,6 +13,9 @@ def make_backend(name: str, model: str | None = None, base_url: str | None = Non
     (None: the backend's default, 8 sequences decoded together for llamacpp, 4 requests for openai)."""
     if name == "llamacpp":
         from fsar.knowledge.backends.llamacpp import LlamaCppBackend
+
+        if model and Path(model).expanduser().is_dir():  # say what it is, not that it "does not exist"
+            raise BackendError(f"model file {model} is a folder, expected a file; pass --model PATH.gguf")
 
         return LlamaCppBackend(model, parallel=concurrency)
     if name == "openai":
@@ -24,4 +29,4 @@ def make_backend(name: str, model: str | None = None, base_url: str | None = Non
     raise BackendError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "Completion", "Sampling", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendError", "Completion", "Sampling", "make_backend", "redact_url"]

@@ -30,6 +30,24 @@ class Completion:
     seconds: float = 0.0
 
 
+# "scheme://user:password@host": the user-info part, up to the last "@" before the path
+_USERINFO = re.compile(r"(?<=://)[^\s/?#]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its credentials: ``http://user:secret@host/v1`` -> ``http://***@host/v1``.
+
+    Every URL that is stored (provenance, cache keys) or shown (messages) goes through this, so a password or token
+    given in ``--base-url`` never leaves the process.
+    """
+    return _USERINFO.sub("***@", url)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the credentials of every URL in it redacted (for messages that may quote a URL)."""
+    return _USERINFO.sub("***@", text)
+
+
 class BackendError(RuntimeError):
     """A backend that cannot run (bad model file, unreachable server, missing package): a one-line reason."""
 
@@ -58,6 +76,8 @@ class Backend:
 
 
 def model_slug(model: str) -> str:
+    """A model name or path as one plain folder name: ``/models/Gemma-3.gguf`` -> ``gemma-3``."""
     name = model.rstrip("/").split("/")[-1]
     name = re.sub(r"\.gguf$", "", name, flags=re.I)
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-").lower() or "model"
+    # a plain name (see fsar.data.paths.check_name): it is a folder of the cache, so ".." must not climb out of it
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._").lower()[:128] or "model"
