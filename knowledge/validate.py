@@ -330,7 +330,10 @@ def validate_contrast(schema: type[BaseModel], first: str, second: str, text: st
         out[side] = items
     for a in out["first"]["seen"] + out["first"]["motion"]:
         for b in out["second"]["seen"] + out["second"]["motion"]:
-            if _near_duplicate(a, b):
+            # stricter than within one list: "body rises and falls with each step" said of one action and "body
+            # rises and descends with each step" of the other tells them apart by one word, which is not enough
+            wa, wb = content_words(a), content_words(b)
+            if _near_duplicate(a, b) or (min(len(wa), len(wb)) >= 3 and len(wa & wb) / len(wa | wb) >= 0.6):
                 raise InvalidAnswer(
                     f'"{a}" is said of both actions; every item must tell them apart',
                     "an item was said of both actions; every item must hold for one action only",

@@ -34,6 +34,7 @@ def test_a_valid_contrast_gives_both_sides_without_anchors():
 
 @pytest.mark.parametrize("changes,match", [
     ({"second__seen__0": "ball bouncing beside the knee"}, "said of both actions"),
+    ({"second__motion__0": "player runs while the ball flies"}, "said of both actions"),  # one word differs
     ({"first__motion__1": "shooting the ball"}, 'first motion item 2 "shooting the ball" names the other action'),
     ({"first__motion__1": "dribbling"}, "only repeats the action name"),
     ({"second__motion__0": "ball flies toward the"}, "ends mid-thought"),
