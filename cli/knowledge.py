@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from fsar.cli.common import console, fail, out
+from fsar.cli.common import console, error_message, fail, out, run_cli
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -20,7 +21,7 @@ def generate(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="registered data set (hmdb51, ucf101, kinetics100, ssv2_small, ssv2_full, synthetic)"),
     kind: str = typer.Option("all", "--kind", "-k", help="dist, lga, star, a comma list, or all"),
     split: str = typer.Option("all", help="train, val, test or all"),
-    classes: Optional[Path] = typer.Option(None, "--classes", help="custom class list: one name per line, CSV or JSON"),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="custom class list (UTF-8): one name per line ('#' lines are comments), CSV with a name/class column, or JSON; stored under --dataset NAME (not a registered data set) or the file's name"),
     limit: Optional[int] = typer.Option(None, help="only the first N classes"),
     backend: str = typer.Option("llamacpp", help="llamacpp (embedded, offline), openai (any compatible server), vllm"),
     model: Optional[str] = typer.Option(None, help="GGUF path (llamacpp) or model name (openai, vllm)"),
@@ -49,14 +50,25 @@ def generate(
         kinds = parse_kinds(kind)
         info, selected = resolve_classes(dataset, classes, split, limit)
     except (KeyError, ValueError, FileNotFoundError) as e:
-        fail(e.args[0] if e.args else str(e))
+        fail(error_message(e))
+    skipped = info.extra.get("comment_lines") or []
+    if skipped:
+        console.print(f"note: {classes}: skipped {len(skipped)} comment line{'s' if len(skipped) != 1 else ''} starting with '#' "
+                      f"(line{'s' if len(skipped) != 1 else ''} {', '.join(map(str, skipped[:10]))}{', ...' if len(skipped) > 10 else ''})",
+                      markup=False, highlight=False)
     if dry_run:
         for kname, cls, prompt in dry_run_prompts(dataset, kind, split, classes, limit, counts):
-            out.rule(f"{kname} · {cls.name}")
+            out.rule(escape(f"{kname} · {cls.name}"))
             typer.echo(prompt)
         console.print(f"dry run: {len(selected)} classes x {len(kinds)} kinds; no LLM called, nothing written")
         return
 
+    from fsar.data.paths import cache_root, ensure_writable
+
+    try:
+        ensure_writable(cache_root())  # before the progress display starts: one clean line
+    except OSError as e:
+        fail(error_message(e))
     opts = GenerateOptions(
         seed=seed, temperature=temperature, max_tokens=max_tokens, frequency_penalty=frequency_penalty,
         presence_penalty=presence_penalty, no_repeat_ngram=no_repeat_ngram, max_attempts=max_attempts, force=force, counts=counts,
@@ -75,7 +87,7 @@ def generate(
     totals = {"tokens": 0, "start": time.perf_counter()}
 
     def on_plan(kname: str, n: int) -> None:
-        tasks[kname] = progress.add_task(f"{info.name} · {kname}", total=n, rate="")
+        tasks[kname] = progress.add_task(escape(f"{info.name} · {kname}"), total=n, rate="")
 
     def on_event(e: ClassEvent) -> None:
         totals["tokens"] += e.completion_tokens
@@ -84,7 +96,8 @@ def generate(
         progress.update(tasks[e.kind], advance=1, rate=rate)
         mark = "[green]ok[/]" if e.ok else "[red]failed[/]"
         tail = f" · {e.error}" if e.error else ""
-        progress.console.print(f"  {mark} {e.kind} · {e.cls.name} ({e.attempts} attempt{'s' if e.attempts != 1 else ''}){tail}", highlight=False)
+        text = escape(f"{e.kind} · {e.cls.name} ({e.attempts} attempt{'s' if e.attempts != 1 else ''}){tail}")
+        progress.console.print(f"  {mark} {text}", highlight=False)
 
     try:
         with progress:
@@ -95,7 +108,7 @@ def generate(
     except BackendError as e:
         fail(str(e))
     except (PermissionError, ValueError, KeyError) as e:
-        fail(e.args[0] if e.args else str(e))
+        fail(error_message(e))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished classes are stored; run the same command again to continue")
         raise typer.Exit(130)
@@ -105,13 +118,13 @@ def generate(
         # throughput over the kind's wall time (requests overlap, so their own times would undercount it)
         rate = f", {s.completion_tokens / s.seconds:.1f} tok/s" if s.llm_calls and s.seconds else ""
         console.print(
-            f"[bold]{s.dataset} · {s.kind}[/]: {s.ok}/{s.classes} valid ({s.kept} kept, {s.llm_calls} LLM calls, "
-            f"{s.cache_hits} cached answers{rate}, {s.seconds:.1f} s) -> {s.path}",
+            f"[bold]{escape(s.dataset)} · {s.kind}[/]: {s.ok}/{s.classes} valid ({s.kept} kept, {s.llm_calls} LLM calls, "
+            f"{s.cache_hits} cached answers{rate}, {s.seconds:.1f} s) -> {escape(s.path)}",
             highlight=False,
         )
         if s.failed_classes:
             failed_any = True
-            console.print(f"[red]failed ({len(s.failed_classes)}):[/] {', '.join(s.failed_classes)}", highlight=False)
+            console.print(f"[red]failed ({len(s.failed_classes)}):[/] {escape(', '.join(s.failed_classes))}", highlight=False)
     if failed_any:
         console.print("failed classes are stored with their raw outputs and errors; run again to retry only them")
         raise typer.Exit(1)
@@ -124,8 +137,8 @@ def _load(dataset: str, kind: str, model: Optional[str]):
     try:
         get_kind(kind)
         return load_knowledge(dataset, kind, model)
-    except (KeyError, FileNotFoundError) as e:
-        fail(e.args[0])
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        fail(error_message(e))
 
 
 def _record(row: dict, full: bool) -> dict:
@@ -167,28 +180,37 @@ def export(
     model: Optional[str] = typer.Option(None),
 ):
     """Write a knowledge set with its provenance to JSON, JSONL or Parquet."""
-    from fsar.data.paths import atomic_write_text
+    from fsar.cli.common import os_error_line
+    from fsar.data.paths import atomic_write_bytes, atomic_write_text
 
     if fmt not in ("json", "jsonl", "parquet"):
         fail(f"unknown format '{fmt}'; choose json, jsonl or parquet")
+    if output is not None and output.is_dir():
+        fail(f"--out {output} is a folder, expected a file; give a file path, e.g. {output / f'{dataset}_{kind}.{fmt}'}")
     ks = _load(dataset, kind, model)
     target = output or ks.path / f"{dataset}_{kind}_{ks.model}.{fmt}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "parquet":
-        import os
-        import pyarrow.parquet as pq
+    try:
+        if fmt == "parquet":
+            import io
 
-        tmp = target.with_name(f".{target.name}.tmp")
-        pq.write_table(ks.rows.data.table, tmp)
-        os.replace(tmp, target)
-    else:
-        records = [_record(r, True) for r in ks.rows]
-        if fmt == "json":
-            text = json.dumps({"dataset": dataset, "kind": kind, "model": ks.model, "fingerprint": ks.fingerprint, "classes": records}, indent=2, ensure_ascii=False)
+            import pyarrow.parquet as pq
+
+            buf = io.BytesIO()
+            pq.write_table(ks.rows.data.table, buf)
+            atomic_write_bytes(target, buf.getvalue())
         else:
-            text = "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n"
-        atomic_write_text(target, text)
-    console.print(f"wrote {len(ks.rows)} classes to {target}")
+            records = [_record(r, True) for r in ks.rows]
+            if fmt == "json":
+                text = json.dumps({"dataset": dataset, "kind": kind, "model": ks.model, "fingerprint": ks.fingerprint, "classes": records}, indent=2, ensure_ascii=False)
+            else:
+                text = "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n"
+            atomic_write_text(target, text)
+    except OSError as e:
+        line = os_error_line(e, user_paths=[target.parent])
+        if line is None:
+            raise
+        fail(line if output is not None else f"{line}, or pass --out FILE")
+    console.print(f"wrote {len(ks.rows)} classes to {target}", markup=False, highlight=False)
 
 
 @app.command("list")
@@ -199,11 +221,11 @@ def list_sets():
 
     sets = list_knowledge()
     if not sets:
-        console.print(f"no knowledge generated yet in {cache_root()}; run: fsar-knowledge generate --dataset hmdb51")
+        console.print(f"no knowledge generated yet in {cache_root()}; run: fsar-knowledge generate --dataset hmdb51", markup=False)
         return
     table = Table("dataset", "kind", "model", "classes", "valid", "failed", "fingerprint", "updated")
     for m in sets:
-        table.add_row(m["dataset"], m["kind"], m["model"], str(m["classes"]), str(m["ok"]), str(m["failed"]), m["fingerprint"], m["updated_at"])
+        table.add_row(*(escape(str(m[k])) for k in ("dataset", "kind", "model", "classes", "ok", "failed", "fingerprint", "updated_at")))
     out.print(table)
 
 
@@ -213,7 +235,7 @@ register(app)
 
 
 def main() -> None:
-    app()
+    run_cli(app, prog_name="fsar-knowledge")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ from typing import Optional
 
 import typer
 
-from fsar.cli.common import console, out
+from fsar.cli.common import console, error_message, os_error_line, out
 from fsar.cli.common import fail as _fail
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -20,7 +21,7 @@ ENCODER_HELP = "sentence-transformers model: id (clip-ViT-B-16), local folder; d
 
 
 def _message(e: BaseException) -> str:
-    return str(e.args[0]) if e.args else str(e)
+    return error_message(e)
 
 
 def _progress() -> Progress:
@@ -47,10 +48,15 @@ def embed(
     from fsar.knowledge.encoders import EncoderError, resolve_encoder
     from fsar.knowledge.store import load_knowledge
 
+    from fsar.data.paths import check_name
+
     try:
         kinds = _kinds(kind)
+        check_name(dataset, "--dataset")
+        if model is not None:
+            check_name(model, "--model")
         resolve_encoder(encoder)
-    except (KeyError, EncoderError) as e:
+    except (KeyError, ValueError, EncoderError) as e:
         _fail(_message(e))
     if kind.strip() == "all":  # only the kinds that exist; name the generate command when none does
         present = []
@@ -63,13 +69,13 @@ def embed(
         if not present:
             _fail(f"no knowledge for dataset '{dataset}' yet; run: fsar-knowledge generate --dataset {dataset}")
         kinds = present
-    table = Table("kind", "model", "texts", "encoded", "cache", "seconds", title=f"{dataset} embeddings")
+    table = Table("kind", "model", "texts", "encoded", "cache", "seconds", title=escape(f"{dataset} embeddings"))
     folders = []
     with _progress() as progress:
         task = {}
 
         def on_start(n: int) -> None:
-            task["id"] = progress.add_task(f"encoding {dataset} · {k}", total=n, rate="")
+            task["id"] = progress.add_task(escape(f"encoding {dataset} · {k}"), total=n, rate="")
             task["t0"] = time.perf_counter()
 
         def on_progress(n: int) -> None:
@@ -84,12 +90,12 @@ def embed(
             except (FileNotFoundError, KeyError, ValueError) as e:  # EncoderError is a ValueError
                 _fail(_message(e))
             cache = "hit" if r.cached else ("partial" if r.encoded < r.unique else "miss")
-            table.add_row(k, r.model, str(r.texts), str(r.encoded), cache, f"{r.seconds:.2f}")
+            table.add_row(k, escape(r.model), str(r.texts), str(r.encoded), cache, f"{r.seconds:.2f}")
             folders.append(r.path)
     out.print(table)
-    console.print(f"encoder: {r.encoder}", highlight=False)
+    console.print(f"encoder: {r.encoder}", highlight=False, markup=False)
     for p in folders:
-        console.print(f"-> {p}", highlight=False, soft_wrap=True)
+        console.print(f"-> {p}", highlight=False, soft_wrap=True, markup=False)
 
 
 def search(
@@ -112,13 +118,13 @@ def search(
     except (FileNotFoundError, KeyError, ValueError, EncoderError) as e:
         _fail(_message(e))
     note = f"{len(col.rows)} texts, {'exact IndexFlatIP' if index.kind == 'flat' else f'IVF-Flat (nprobe {index.nprobe})'}, {col.encoder.id}"
-    t = Table("#", "score", "class", "kind", "field", "text", "dataset", title=f"nearest items to \"{query}\" ({note})")
+    t = Table("#", "score", "class", "kind", "field", "text", "dataset", title=escape(f"nearest items to \"{query}\" ({note})"))
     for i, h in enumerate(items, 1):
-        t.add_row(str(i), f"{h.score:.3f}", h.class_name, h.kind, h.field, h.text, h.dataset)
+        t.add_row(str(i), f"{h.score:.3f}", *(escape(x) for x in (h.class_name, h.kind, h.field, h.text, h.dataset)))
     out.print(t)
     t = Table("#", "score", "class", "dataset", "best match", title="nearest classes (best item or name)")
     for i, h in enumerate(classes, 1):
-        t.add_row(str(i), f"{h.score:.3f}", h.class_name, h.dataset, f"{h.field}: {h.text}")
+        t.add_row(str(i), f"{h.score:.3f}", escape(h.class_name), escape(h.dataset), escape(f"{h.field}: {h.text}"))
     out.print(t)
 
 
@@ -148,25 +154,32 @@ def report(
                     generic_min=generic_min, close=close, drop_duplicates=drop_duplicates, drop_generic=drop_generic)
     try:
         get_kind(kind)
-        with console.status(f"scoring {dataset} · {kind} ..."):
+        if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"--out {out_dir} is a file, expected a folder (for report.json and report.png)")
+        with console.status(escape(f"scoring {dataset} · {kind} ...")):
             rep = build_report(dataset, kind, model, encoder, th)
             json_path, png_path = write_report(rep, out_dir)
-    except (FileNotFoundError, KeyError, ValueError, EncoderError, PermissionError) as e:
+    except (FileNotFoundError, KeyError, ValueError, EncoderError) as e:
         _fail(_message(e))
+    except OSError as e:  # a read-only cache or --out folder: one line; anything else keeps its traceback
+        line = os_error_line(e, user_paths=[out_dir] if out_dir is not None else [])
+        if line is None:
+            raise
+        _fail(line)
     d, o = rep.data, rep.data["overall"]
 
     def f(x, fmt=".2f"):
         return "-" if x is None else format(x, fmt)
 
     t = Table("class", "status", "tries", "items", "dup", "gen", "low", "rel", "nearest class", "sim", "flags",
-              title=f"{dataset} · {kind} · {d['model']} · encoder {d['encoder']}")
+              title=escape(f"{dataset} · {kind} · {d['model']} · encoder {d['encoder']}"))
     for c in d["classes"]:
         style = "red" if c["status"] != "ok" else ("yellow" if c["flags"] else None)
-        t.add_row(c["name"], c["status"], str(c["attempts"]), str(c["items"]), str(c["duplicates"]), str(c["generic"]),
-                  str(c["low_relevance"]), f(c["relevance_mean"]), c["nearest_class"] or "-", f(c["nearest_sim"]), "; ".join(c["flags"]), style=style)
+        t.add_row(escape(c["name"]), c["status"], str(c["attempts"]), str(c["items"]), str(c["duplicates"]), str(c["generic"]),
+                  str(c["low_relevance"]), f(c["relevance_mean"]), escape(c["nearest_class"] or "-"), f(c["nearest_sim"]), escape("; ".join(c["flags"])), style=style)
     out.print(t)
     s = Table("overall", "value", show_header=False, title="overall")
-    s.add_row("valid classes", f"{o['valid']}/{o['classes']}" + (f"  (failed: {', '.join(o['failed_classes'])})" if o["failed_classes"] else ""))
+    s.add_row("valid classes", escape(f"{o['valid']}/{o['classes']}" + (f"  (failed: {', '.join(o['failed_classes'])})" if o["failed_classes"] else "")))
     s.add_row("valid on first attempt", f"{o['first_try_valid']}/{o['classes']}")
     s.add_row("mean attempts", f(o["mean_attempts"]))
     if o["absent_from_set"]:
@@ -178,18 +191,18 @@ def report(
     s.add_row(f"generic (>= {d['thresholds']['generic_count']} classes within {th.generic_margin})", str(o["generic"]))
     s.add_row("mean similarity to nearest class", f(o["nearest_sim_mean"]))
     pairs = ", ".join(f"{p['a']}~{p['b']} ({p['sim']:.2f})" for p in o["too_close_pairs"][:10]) or "none"
-    s.add_row(f"too close (>= {th.close})", pairs)
+    s.add_row(f"too close (>= {th.close})", escape(pairs))
     s.add_row("would drop", str(o["would_drop"]))
     out.print(s)
-    console.print(f"report: {json_path}", highlight=False, soft_wrap=True)
-    console.print(f"plot:   {png_path}", highlight=False, soft_wrap=True)
+    console.print(f"report: {json_path}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"plot:   {png_path}", highlight=False, soft_wrap=True, markup=False)
     if filter_:
         try:
             fk = filter_knowledge(rep, filter_model)
-        except (ValueError, PermissionError) as e:
+        except ValueError as e:
             _fail(_message(e))
-        console.print(f"filtered set '{fk.model}': dropped {o['would_drop']} of {o['items']} items, {len(fk.ok)}/{len(fk.rows)} classes valid -> {fk.path}", highlight=False)
-        console.print(f"embed it with: fsar-knowledge embed --dataset {dataset} --kind {kind} --model {fk.model}", highlight=False)
+        console.print(f"filtered set '{fk.model}': dropped {o['would_drop']} of {o['items']} items, {len(fk.ok)}/{len(fk.rows)} classes valid -> {fk.path}", highlight=False, markup=False)
+        console.print(f"embed it with: fsar-knowledge embed --dataset {dataset} --kind {kind} --model {fk.model}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:
