@@ -26,11 +26,11 @@ import torch
 from fsar.data.loaders import list_videos
 from fsar.model.backbones import build_backbone
 from fsar.model.evaluator import evaluate_cached, evaluate_per_episode, run_episodes, sample_episodes
-from fsar.model.features import ClipLoader, extract_features
+from fsar.model.features import ClipLoader, cached_features, extract_features
 from fsar.model.fewshot import FewShotModel
 from fsar.model.registry import build_method
 from fsar.model.results import read_jsonl, summarize
-from fsar.model.trainer import Trainer, TrainConfig
+from fsar.model.trainer import Trainer, TrainConfig, features_dir
 
 METHODS = ["prototype", "otam", "bimhm", "trx", "clipfsar"]
 
@@ -55,7 +55,8 @@ def pair_accuracy(trainer: Trainer, records, shot: int, episodes_per_pair: int) 
 
     model = trainer.model
     loader = ClipLoader(records, trainer.cfg.frames, trainer.cfg.size, model.backbone.norm, frame_cache=True)
-    feats, kept = extract_features(model, loader, device=trainer.device)
+    # a frozen backbone's test features come from the cache that the test itself filled
+    feats, kept = cached_features(model, loader, features_dir() if model.backbone.frozen else None, device=trainer.device)
     kept_records = [records[i] for i in kept]
     keys = {r.class_key for r in kept_records}
     accs = []

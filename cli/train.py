@@ -8,13 +8,14 @@ from typing import Optional
 
 import typer
 
+from fsar.cli.common import error_message, fail, run_cli
+
 train_app = typer.Typer(add_completion=False, help="Train a few-shot method episodically (train classes), select on val, test once.")
 eval_app = typer.Typer(add_completion=False, help="Evaluate a trained checkpoint on seeded episodes of cached features.")
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    fail(message)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -28,8 +29,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _message(e: BaseException) -> str:
-    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    return str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__
+    return error_message(e)
 
 
 def _parse_opts(opts: list[str]) -> dict:
@@ -85,20 +85,20 @@ def train(
     shot: int = typer.Option(1, help="Support videos per class (K); K-shot results come from K-shot training."),
     query: int = typer.Option(3, help="Training queries per class (evaluation always uses 1)."),
     frames: int = typer.Option(8, help="Frames per clip (one per equal segment)."),
-    size: Optional[int] = typer.Option(None, help="Input size; default by backbone (tiny 64, clip/resnet50 224)."),
-    backbone: str = typer.Option("tiny", help="tiny, resnet50 or clip."),
+    size: Optional[int] = typer.Option(None, help="Input size; default by backbone (effnet 128, dinov2-s 112, tiny 64, clip/resnet50 224)."),
+    backbone: str = typer.Option("effnet-lite0", help="effnet-lite0 (default: packaged ImageNet weights, frozen), effnet-lite1/2, dinov2-s, tiny (from scratch), resnet50 or clip."),
     backbone_path: Optional[str] = typer.Option(None, help="Local copy of the backbone weights (else the hub id)."),
     tune: str = typer.Option("auto", help="frozen, full, or N (last N blocks); auto: full for tiny, frozen otherwise."),
     adapter: str = typer.Option("auto", help="Trainable frame adapter on the backbone features: spatial or none (auto: spatial on pretrained backbones)."),
-    train_views: int = typer.Option(4, help="Frozen backbone: cached augmented views per training video (1 = none)."),
-    episodes: int = typer.Option(500, help="Training episodes (all ranks together)."),
+    train_views: int = typer.Option(1, help="Frozen backbone: cached augmented views per training video (1 = none)."),
+    episodes: int = typer.Option(800, help="Training episodes (all ranks together)."),
     batch: int = typer.Option(1, help="Episodes per forward pass."),
     accum: int = typer.Option(1, help="Forward passes per optimizer step (gradient accumulation)."),
     optimizer: str = typer.Option("adamw", help="adam or adamw."),
     lr: float = typer.Option(1e-3, help="Learning rate of the head (the backbone's is scaled, see --backbone-lr-scale)."),
-    class_loss: float = typer.Option(1.0, help="Weight of the classification loss over all training classes (0 = episodic loss only)."),
+    class_loss: float = typer.Option(0.5, help="Weight of the classification loss over all training classes (0 = episodic loss only)."),
     backbone_lr_scale: Optional[float] = typer.Option(None, help="Backbone lr = lr x this (default 1 tiny, 0.1 pretrained)."),
-    weight_decay: float = typer.Option(1e-4),
+    weight_decay: float = typer.Option(0.05),
     warmup: float = typer.Option(0.05, help="Fraction of steps with a linear warm-up."),
     schedule: str = typer.Option("cosine", help="cosine or constant after the warm-up."),
     clip_grad: float = typer.Option(5.0, help="Max gradient norm (0 = off)."),
@@ -109,7 +109,7 @@ def train(
     seed: int = typer.Option(0, help="Seed of everything: init, episodes, augmentation."),
     encoder: Optional[str] = typer.Option(None, help="Text encoder for methods that use text (default MiniLM)."),
     opt: list[str] = typer.Option([], "--opt", help="Method option KEY=VALUE (repeatable), e.g. --opt lam=0.05."),
-    knowledge: Optional[str] = typer.Option(None, help="Methods with knowledge switches (dist): llm, name or none."),
+    knowledge: Optional[str] = typer.Option(None, help="Methods with knowledge (dist, star, lga): llm, name or none."),
     no_skc: bool = typer.Option(False, "--no-skc", help="dist: drop the spatial knowledge compensator."),
     no_tkc: bool = typer.Option(False, "--no-tkc", help="dist: drop the temporal knowledge compensator."),
     out: Optional[str] = typer.Option(None, help="Run folder (default: <cache>/runs/<method>-...)."),
@@ -192,11 +192,11 @@ def evaluate(
 
 
 def train_main() -> None:
-    train_app(prog_name="fsar-train")
+    run_cli(train_app, prog_name="fsar-train")
 
 
 def eval_main() -> None:
-    eval_app(prog_name="fsar-eval")
+    run_cli(eval_app, prog_name="fsar-eval")
 
 
 if __name__ == "__main__":  # pragma: no cover

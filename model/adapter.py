@@ -10,7 +10,11 @@ features (our choice, shared by every head, so that the methods differ only in t
    small width, and the flattened map goes through a linear layer, so the frame feature keeps where things are;
 2. **global**: the backbone's global token, projected;
 3. **time**: a residual depthwise convolution over neighbouring frames (kernel 3), so a frame feature can carry
-   what changed since the previous frame (the motion) as well as what it shows.
+   what changed since the previous frame (the motion) as well as what it shows, then (``temporal="attn"``, the
+   default) one pre-norm self-attention layer over the clip's frames with learned time positions, so each frame
+   also sees the whole clip's course. On the synthetic val classes, OTAM after 900 episodes: 45.6 % with the
+   convolution alone, 50.4 % with the attention layer (500 val episodes, one seed: an early measurement that
+   chose the default, not a benchmark).
 
 Frame feature = time(global + layout), width ``dim``. For heads that need tokens (DiST's SKC) the patch tokens
 are projected to the same width and returned after the frame feature (token 0): [.., T, 1 + grid², dim].
@@ -45,8 +49,9 @@ class FrameAdapter(nn.Module):
     """Backbone tokens [..., T, 1 + P, D_in] -> frame features [..., T, dim] (or tokens [..., T, 1 + P, dim])."""
 
     def __init__(self, in_dim: int, dim: int = 256, grid: int = 4, position_dim: int = 32, dropout: float = 0.1,
-                 tokens: bool = False):
+                 tokens: bool = False, temporal: str = "attn", max_frames: int = 64):
         super().__init__()
+        self.temporal = temporal
         self.grid, self.tokens = grid, tokens
         self.norm = nn.LayerNorm(in_dim)
         self.global_proj = nn.Linear(in_dim, dim)
@@ -55,6 +60,11 @@ class FrameAdapter(nn.Module):
         self.time = nn.Conv1d(dim, dim, kernel_size=3, padding=1, groups=dim)
         nn.init.zeros_(self.time.weight)  # starts as the identity (residual)
         nn.init.zeros_(self.time.bias)
+        if temporal not in ("conv", "attn"):
+            raise ValueError(f"unknown adapter temporal module '{temporal}'; choose conv or attn")
+        if temporal == "attn":  # one self-attention layer over the frames, with learned time positions
+            self.time_pos = nn.Parameter(torch.zeros(max_frames, dim))
+            self.time_attn = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout, batch_first=True, norm_first=True)
         self.patch_proj = nn.Linear(in_dim, dim) if tokens else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -67,6 +77,8 @@ class FrameAdapter(nn.Module):
         layout = self.layout(rearrange(self.position_proj(patches), "b t p d -> b t (p d)"))
         frames = self.global_proj(x[:, :, 0]) + layout  # [B, T, dim]
         frames = frames + rearrange(self.time(rearrange(frames, "b t d -> b d t")), "b d t -> b t d")
+        if self.temporal == "attn":
+            frames = self.time_attn(frames + self.time_pos[:t])
         if self.tokens:
             frames = torch.cat([frames[:, :, None], self.patch_proj(patches)], dim=2)  # [B, T, 1 + P, dim]
         return frames.reshape(*lead, t, *frames.shape[2:])

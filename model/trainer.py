@@ -54,21 +54,21 @@ class TrainConfig:
     query: int = 3  # training queries per class (evaluation always uses 1, the protocol)
     frames: int = 8
     size: int | None = None  # input size; None = the backbone's default (tiny 64, clip/resnet50 224)
-    backbone: str = "tiny"
+    backbone: str = "effnet-lite0"  # packaged ImageNet weights, frozen: the CPU default (tiny, clip, resnet50, ...)
     backbone_path: str | None = None
     tune: str = "auto"  # frozen | full | N (last N blocks); auto = full for tiny, frozen for pretrained backbones
     adapter: str = "auto"  # spatial | none: the trainable frame adapter (auto = spatial on pretrained backbones)
-    adapter_dim: int = 256  # width of the adapter's frame features (what the head sees)
-    train_views: int = 4  # frozen backbone: cached views per training video (1 = the test-style clip only)
+    adapter_dim: int = 128  # width of the adapter's frame features (what the head sees)
+    train_views: int = 1  # frozen backbone: cached views per training video (1 = the test-style clip only)
     view_seed: int = 0  # seed of those views' augmentation (fixed, so that runs of every seed share one cache)
-    episodes: int = 500  # training episodes (all ranks together)
+    episodes: int = 800  # training episodes (all ranks together)
     batch: int = 1  # episodes per forward pass (per rank)
     accum: int = 1  # forward passes per optimizer step
     optimizer: str = "adamw"  # adam | adamw
     lr: float = 1e-3
-    class_loss: float = 1.0  # weight of the classification loss over all training classes (0 = episodic loss only)
+    class_loss: float = 0.5  # weight of the classification loss over all training classes (0 = episodic loss only)
     backbone_lr_scale: float | None = None  # None = 1.0 for tiny, 0.1 for pretrained backbones
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.05
     warmup: float = 0.05  # fraction of optimizer steps with a linear warm-up
     schedule: str = "cosine"  # cosine | constant (after warm-up)
     clip_grad: float = 5.0  # max gradient norm, 0 = off
@@ -479,14 +479,14 @@ class Trainer:
         stop = min(cfg.stop_at if cfg.stop_at is not None else cfg.episodes, cfg.episodes)
         self.model.train()
         progress = _progress(cfg.progress and self.main, cfg.episodes, self.episode, cfg.method)
-        window: list[tuple[float, float]] = []
+        window: list[tuple[float, float, float]] = []
         next_val = (self.episode // cfg.val_every + 1) * cfg.val_every
         last_good = self.last_path if self.last_path.exists() else None
         t0, ep0 = time.perf_counter(), self.episode
         with progress:
             while self.episode < stop:
                 self.optimizer.zero_grad(set_to_none=True)
-                loss_sum, acc_sum = 0.0, 0.0
+                loss_sum, acc_sum, class_sum = 0.0, 0.0, 0.0
                 for a in range(cfg.accum):
                     eps = self._episodes(self.episode + a * cfg.batch * self.world, cfg.batch * self.world)
                     support, query, labels, text, class_labels = self._inputs(eps)
@@ -507,6 +507,8 @@ class Trainer:
                             raise TrainingDiverged(f"loss became {value} at {where}; stopped ({kept}); lower --lr or set --clip-grad")
                         (loss / cfg.accum).backward()
                     loss_sum += float(loss.detach()) / cfg.accum
+                    if "class" in out.aux_losses:
+                        class_sum += float(out.aux_losses["class"].detach()) / cfg.accum
                     acc_sum += float((logits.argmax(-1) == labels).float().mean()) / cfg.accum
                 if cfg.clip_grad > 0:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
@@ -514,12 +516,12 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 self.episode += self.per_step
-                window.append((loss_sum, acc_sum))
+                window.append((loss_sum, acc_sum, class_sum))
                 if self.step % cfg.log_every == 0 or self.episode >= stop:
                     rate = (self.episode - ep0) / max(1e-9, time.perf_counter() - t0)
-                    ls, ac = (sum(x) / len(window) for x in zip(*window))
+                    ls, ac, cl = (sum(x) / len(window) for x in zip(*window))
                     self.log({"kind": "train", "step": self.step, "episode": self.episode, "loss": ls, "acc": ac,
-                              "lr": self.scheduler.get_last_lr()[0], "episodes_per_s": rate})
+                              "class_loss": cl, "lr": self.scheduler.get_last_lr()[0], "episodes_per_s": rate})
                     window = []
                 progress.update(self.episode, loss_sum, acc_sum)
                 if self.episode >= next_val or self.episode >= cfg.episodes:
@@ -563,7 +565,8 @@ class Trainer:
             load_model_state(self.model, best["model"])
             res = self.test()
             result = result_payload(cfg, res, "test", self.records, self.bank, trained_shot=cfg.shot,
-                                    checkpoint=self.best_path, best=self.best)
+                                    checkpoint=self.best_path, best=self.best,
+                                    weights=getattr(self.model.backbone, "weights_id", None))
             torch.save(res.accuracies, self.out / "test_accuracies.pt")  # per episode, for paired comparisons
             result["episode_accuracies"] = str(self.out / "test_accuracies.pt")
             write_json(self.out / "result.json", result)
@@ -582,7 +585,7 @@ def _fp(records: list) -> str:
 
 
 def result_payload(cfg: TrainConfig, res: EvalResult, split: str, records: dict, bank: TextBank | None,
-                   trained_shot: int, checkpoint: Path | None, best: dict | None = None) -> dict:
+                   trained_shot: int, checkpoint: Path | None, best: dict | None = None, weights: str | None = None) -> dict:
     """The result JSON: accuracy and interval, the full configuration, seed, data and knowledge fingerprints."""
     import platform
 
@@ -606,7 +609,8 @@ def result_payload(cfg: TrainConfig, res: EvalResult, split: str, records: dict,
         "accuracy_text": f"{format_accuracy(res.mean, res.ci95)}%",
         "best_val": best,
         "checkpoint": str(checkpoint) if checkpoint else None,
-        "backbone": {"name": cfg.backbone, "path": cfg.backbone_path, "tune": cfg.tune, "frames": cfg.frames, "size": cfg.size},
+        "backbone": {"name": cfg.backbone, "path": cfg.backbone_path, "tune": cfg.tune, "frames": cfg.frames, "size": cfg.size,
+                     "weights": weights, "adapter": cfg.adapter, "train_views": cfg.train_views},
         "data_fingerprints": {s: _fp(r) for s, r in records.items()},
         "knowledge": {"fingerprint": bank.fingerprint, "info": bank.info} if bank is not None else None,
         "config": asdict(cfg),
@@ -718,7 +722,8 @@ def evaluate_checkpoint(
     res = evaluate_cached(model, records, cfg.way, cfg.test_shot, episodes, cfg.seed, cfg.frames, cfg.size, bank,
                           batch=batch, device=dev, progress=progress, cache_dir=features_dir(),
                           description=f"{split} features", frame_cache=cfg.frame_cache)
-    result = result_payload(cfg, res, split, {split: records}, bank, trained_shot, Path(ckpt["path"]), ckpt.get("best"))
+    result = result_payload(cfg, res, split, {split: records}, bank, trained_shot, Path(ckpt["path"]), ckpt.get("best"),
+                            weights=getattr(model.backbone, "weights_id", None))
     out = Path(out) if out else Path(ckpt["path"]).parent / f"eval-{split}-{cfg.way}w{cfg.test_shot}s-seed{cfg.seed}-{episodes}.json"
     write_json(out, result)
     result["result_path"] = str(out)
