@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 # The patterns go into the JSON schema, so constrained decoding cannot emit markup, digits or run-on text, and
 # the bound is on words, so a long answer stops at a word boundary, never mid-word:
 # a phrase is 1-10 lower-case words; a sentence is 4-25 words, starts with a capital and ends with a full stop.
-Phrase = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[a-z][a-z'-]*(,? [a-z][a-z'-]*){0,13}$")]
+Phrase = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[a-z][a-z'-]*(,? [a-z][a-z'-]*){0,9}$")]
 Sentence = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Z][a-z'-]*(,? [a-z][a-z'-]*){3,24}[.]$")]
 Word = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[a-z][a-z'-]*( [a-z][a-z'-]*){0,3}$")]
 
