@@ -24,7 +24,7 @@ def generate(
     classes: Optional[Path] = typer.Option(None, "--classes", help="custom class list (UTF-8): one name per line ('#' lines are comments), CSV with a name/class column, or JSON; stored under --dataset NAME (not a registered data set) or the file's name"),
     limit: Optional[int] = typer.Option(None, help="only the first N classes"),
     backend: str = typer.Option("llamacpp", help="llamacpp (embedded, offline), openai (any compatible server), vllm"),
-    model: Optional[str] = typer.Option(None, help="GGUF path (llamacpp) or model name (openai, vllm)"),
+    model: Optional[str] = typer.Option(None, help="llamacpp: a packaged model (gemma-3-270m, qwen2.5-coder-1.5b) or a GGUF path; openai, vllm: the model name"),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1"),
     concurrency: Optional[int] = typer.Option(None, min=1, help="requests in flight: sequences decoded together (llamacpp, default 8; 1 makes each answer depend on its request alone) or concurrent requests (openai, default 4)"),
     seed: int = typer.Option(0, help="sampling seed (attempt i uses seed + i)"),
@@ -39,6 +39,9 @@ def generate(
     n_descriptors: Optional[int] = typer.Option(None, help="star: number of descriptors (default 4)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the rendered prompts; call no LLM, write nothing"),
     force: bool = typer.Option(False, "--force", help="regenerate everything, ignoring stored knowledge and cached answers"),
+    contrast: bool = typer.Option(False, "--contrast", help="dist: then ask the model how the pairs of classes the report finds too close differ, and store the answers as extra items of both classes in <model>.contrast"),
+    close: float = typer.Option(0.85, "--close", help="--contrast: pairs whose knowledge centroids have a cosine at or above this are too close"),
+    max_pairs: Optional[int] = typer.Option(None, "--max-pairs", min=1, help="--contrast: only the N closest pairs"),
 ):
     """Decompose class names into validated knowledge with an LLM and store it as a Hugging Face dataset."""
     from fsar.knowledge.backends import BackendError
@@ -125,6 +128,22 @@ def generate(
         if s.failed_classes:
             failed_any = True
             console.print(f"[red]failed ({len(s.failed_classes)}):[/] {escape(', '.join(s.failed_classes))}", highlight=False)
+    if contrast:
+        from fsar.knowledge.contrast import contrast_knowledge
+        from fsar.knowledge.report import Thresholds
+
+        if "dist" not in [k.name for k in kinds]:
+            fail("--contrast works on dist knowledge; add dist to --kind")
+        try:
+            run = contrast_knowledge(info.name, backend=backend, llm_model=model, base_url=base_url, concurrency=concurrency,
+                                     options=opts, thresholds=Thresholds(close=close), max_pairs=max_pairs)
+        except BackendError as e:
+            fail(str(e))
+        except (PermissionError, ValueError, KeyError, FileNotFoundError) as e:
+            fail(error_message(e))
+        for line in run.summary_lines():
+            console.print(escape(line), highlight=False)
+        failed_any = failed_any or bool(run.failed)
     if failed_any:
         console.print("failed classes are stored with their raw outputs and errors; run again to retry only them")
         raise typer.Exit(1)

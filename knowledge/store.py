@@ -232,13 +232,14 @@ def merge_knowledge(
 
 
 def load_knowledge(dataset: str, kind: str, model: str | None = None) -> KnowledgeSet:
-    """Load a stored knowledge set; with no model, the most recently updated one that is not a filtered copy
-    (a ``<model>.filtered`` set from ``fsar-knowledge report --filter`` is used only when named, or when it is all
-    there is). Raises FileNotFoundError with the command that makes it.
+    """Load a stored knowledge set; with no model, the most recently updated one that is not a derived copy
+    (a ``<model>.filtered`` set from ``fsar-knowledge report --filter`` or a ``<model>.contrast`` set from
+    ``generate --contrast`` is used only when named, or when it is all there is). Raises FileNotFoundError with the
+    command that makes it.
     """
     base = cache_root() / "knowledge" / check_name(dataset, "--dataset") / check_name(kind, "--kind")
     if model is None:
-        found = sorted(base.glob(f"*/{FILE}"), key=lambda p: (not p.parent.name.endswith(".filtered"), p.stat().st_mtime))
+        found = sorted(base.glob(f"*/{FILE}"), key=lambda p: (not p.parent.name.endswith((".filtered", ".contrast")), p.stat().st_mtime))
         if not found:
             raise FileNotFoundError(
                 f"no '{kind}' knowledge for dataset '{dataset}' in {cache_root()}; "
