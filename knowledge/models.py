@@ -119,10 +119,15 @@ def model_names() -> list[str]:
 
 
 def model_cache_dir() -> Path:
-    """Where assembled models live: ``FSAR_MODEL_CACHE``, else the user cache (shared by every checkout)."""
+    """Where assembled models live: ``FSAR_MODEL_CACHE``; else, when ``FSAR_CACHE`` moves the cache, its ``models``
+    folder (nothing is written outside a cache the user chose); else the user cache (shared by every checkout)."""
     env = os.environ.get("FSAR_MODEL_CACHE")
     if env:
         return Path(env).expanduser().resolve()
+    if os.environ.get("FSAR_CACHE"):
+        from fsar.data.paths import cache_root
+
+        return cache_root() / "models"
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("fsar")) / "models"

@@ -153,9 +153,9 @@ def extract_features(
     return torch.cat(feats), kept
 
 
-def feature_cache_path(model, loader: ClipLoader, cache_dir: Path, view: int = 0) -> Path:
-    """Where the features of these records under these exact (frozen) weights are stored."""
-    key = "|".join(([f"view{view}", str(loader.seed)] if view else []) + [
+def feature_cache_path(model, loader: ClipLoader, cache_dir: Path, view: int = 0, bf16: bool = False) -> Path:
+    """Where the features of these records under these exact (frozen) weights (and precision) are stored."""
+    key = "|".join(([f"view{view}", str(loader.seed)] if view else []) + (["bf16"] if bf16 else []) + [
         model.backbone.name,
         state_fingerprint(model.backbone),
         model.feature_kind,
@@ -170,7 +170,8 @@ def cached_features(model, loader: ClipLoader, cache_dir: Path | None = None, **
     """``extract_features`` with an on-disk cache (used when the backbone is frozen: same weights, same features)."""
     if cache_dir is None or not model.backbone.frozen:
         return extract_features(model, loader, **kwargs)
-    path = feature_cache_path(model, loader, cache_dir, kwargs.get("view", 0))
+    bf16 = bool(kwargs.get("amp")) and torch.device(kwargs.get("device", "cpu")).type == "cuda"
+    path = feature_cache_path(model, loader, cache_dir, kwargs.get("view", 0), bf16)
     if path.is_file():
         blob = torch.load(path, map_location="cpu", weights_only=True)
         return blob["features"], blob["kept"].tolist()

@@ -35,7 +35,7 @@ from fsar.model.fewshot import FewShotModel, TextBank, text_bank_for
 from fsar.model.registry import build_method, get_method
 from fsar.model.results import format_accuracy, plot_training, summarize, write_json
 
-CHECKPOINT_FORMAT = "fsar-checkpoint-1"
+CHECKPOINT_FORMAT = "fsar-checkpoint-2"  # 2: frame adapter, classification loss, reference OTAM / Bi-MHM heads
 
 
 class TrainingDiverged(RuntimeError):
@@ -102,6 +102,11 @@ class TrainConfig:
             cfg.adapter = "none" if cfg.backbone == "tiny" else "spatial"
         if cfg.adapter not in ADAPTERS:
             raise ValueError(f"unknown --adapter '{cfg.adapter}'; choose one of: {', '.join(ADAPTERS)}")
+        if cfg.adapter == "spatial" and (cfg.adapter_dim % 4 or cfg.frames > 64):
+            raise ValueError(f"the frame adapter needs a width divisible by 4 and at most 64 frames "
+                             f"(got {cfg.adapter_dim}, {cfg.frames}); change --frames or use --adapter none")
+        if cfg.train_views < 1:
+            raise ValueError(f"--train-views must be at least 1, got {cfg.train_views}")
         if cfg.backbone_lr_scale is None:
             cfg.backbone_lr_scale = 1.0 if cfg.backbone == "tiny" else 0.1
         if cfg.test_shot is None:
@@ -348,10 +353,16 @@ class Trainer:
 
     def restore(self) -> None:
         ckpt = torch.load(self.last_path, map_location="cpu", weights_only=False)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{self.last_path} was written by another fsar version ({ckpt.get('format')}); start a new run")
+        if self.bank is not None and ckpt.get("text") and ckpt["text"]["fingerprint"] != self.bank.fingerprint:
+            raise ValueError(f"the text embeddings changed since {self.last_path} was written "
+                             f"({ckpt['text']['fingerprint']} -> {self.bank.fingerprint}); start a new run")
         if ckpt.get("method") != self.cfg.method:
             raise ValueError(f"{self.last_path} is a checkpoint of method '{ckpt.get('method')}', not '{self.cfg.method}'")
         saved = TrainConfig.from_dict(ckpt["config"])
-        changed = [k for k in ("dataset", "way", "shot", "query", "backbone", "episodes", "batch", "accum", "seed", "lr", "frames", "size")
+        changed = [k for k in ("dataset", "way", "shot", "query", "backbone", "episodes", "batch", "accum", "seed", "lr", "frames",
+                               "size", "adapter", "adapter_dim", "train_views", "view_seed", "class_loss", "weight_decay", "opts")
                    if getattr(saved, k) != getattr(self.cfg, k)]
         if changed:
             raise ValueError(f"--resume with different settings ({', '.join(changed)}) would not continue the run; use the saved ones")
@@ -666,6 +677,9 @@ def load_checkpoint(path: Path | str, method: str | None = None) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); give a best.pt or last.pt written by fsar-train") from None
+    if isinstance(ckpt, dict) and str(ckpt.get("format", "")).startswith("fsar-checkpoint-") and ckpt["format"] != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} was written by an older fsar ({ckpt['format']}, before the frame adapter and the reference "
+                         f"metrics); train it again with this version")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an fsar-train checkpoint; give a best.pt or last.pt written by fsar-train")
     if method is not None and ckpt["method"] != method:

@@ -93,7 +93,11 @@ def test_a_killed_worker_is_a_one_line_error(tmp_path):
     proc = _start_and_wait_for_videos(_synth(tmp_path / "set"), tmp_path, "set")
     workers = _children(proc.pid)
     os.kill(workers[0], signal.SIGKILL)
-    stdout, stderr = proc.communicate(timeout=120)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:  # never leave the run behind when the test fails
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 2, stderr
     assert "Traceback" not in stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]

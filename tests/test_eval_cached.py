@@ -53,3 +53,20 @@ def test_cached_equals_per_episode_exactly(synth_root, fsar_cache):
     # and a second cached run (features now on disk) is identical again
     again = evaluate_cached(model, records, batch=64, cache_dir=fsar_cache / "features", **kw)
     assert torch.equal(again.accuracies, fast.accuracies)
+
+
+def test_cached_equals_per_episode_with_the_frame_adapter(synth_root, fsar_cache):
+    """With a frozen backbone and the trainable adapter, evaluation adapts each video once (in chunks of videos);
+    the per-episode path adapts inside every episode: the accuracies must still be identical."""
+    from fsar.model.adapter import FrameAdapter
+
+    records = list_videos("synthetic", synth_root, "test")
+    torch.manual_seed(0)
+    backbone = build_backbone("tiny", tune="frozen", seed=1)
+    adapter = FrameAdapter(backbone.dim, 64)
+    model = FewShotModel(backbone, build_method("otam", 64, 8), adapter=adapter).eval()
+    kw = dict(way=5, shot=1, episodes=12, seed=5, num_frames=8, size=SIZE)
+    fast = evaluate_cached(model, records, batch=5, **kw)
+    slow = evaluate_per_episode(model, records, frame_cache=True, **kw)
+    assert torch.equal(fast.accuracies, slow.accuracies)
+    assert 0 < fast.mean < 100

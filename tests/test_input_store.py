@@ -87,7 +87,12 @@ def test_two_generate_runs_at_once_lose_no_row(fsar_cache):
     env = {**os.environ, "FSAR_CACHE": str(fsar_cache), "FSAR_LLM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "fsar.cli.knowledge", *args, "--split", split], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for split in ("train", "test")]
-    errs = [p.communicate(timeout=600)[1] for p in procs]
+    try:
+        errs = [p.communicate(timeout=600)[1] for p in procs]
+    finally:  # never leave a writer running when the test fails
+        for p in procs:
+            p.kill()
+            p.wait()
     assert [p.returncode for p in procs] == [1, 1], errs  # 4 tokens never make a valid answer: stored as failed
     ks = load_knowledge("hmdb51", "star")
     assert len(ks.rows) == 8, [r["class_key"] for r in ks.rows]

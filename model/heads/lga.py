@@ -72,7 +72,7 @@ def cli_options(knowledge: str = "llm", segment: str = "cluster", match: str = "
     """Map ``fsar-train --knowledge llm|name|none --segment cluster|uniform --match both|vv|vt`` to LGA head options
     (only non-defaults). ``--knowledge none`` implies ``match=vv`` (no text to match videos with)."""
     if no_skc or no_tkc:
-        raise ValueError("--no-skc / --no-tkc are DiST switches; LGA's are --knowledge, --segment and --match")
+        raise ValueError("--no-skc / --no-tkc are DiST switches; LGA's are --knowledge, --opt segment=... and --opt match=...")
     for flag, value, choices in (("--knowledge", knowledge, KNOWLEDGE), ("--segment", segment, SEGMENT), ("--match", match, MATCH)):
         if value not in choices:
             raise ValueError(f"{flag} must be one of {', '.join(choices)}, got '{value}'")
