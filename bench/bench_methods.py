@@ -119,12 +119,12 @@ def summarize(rows: list[dict], baseline: str = "prototype") -> list[dict]:
 
 
 def table(lines: list[dict], args) -> str:
-    head = ("| method | shot | test acc. % (mean of seeds) | spread across seeds (std) | episode 95% CI | "
+    head = ("| method | shot | seeds | test acc. % (mean of seeds) | spread across seeds (std) | episode 95% CI | "
             "paired diff. to prototype (95% CI) | reversed pairs % | final train loss | wall s per run |")
-    rows = [head, "|" + "---|" * 9]
+    rows = [head, "|" + "---|" * 10]
     for ln in lines:
         diff = f"{ln['paired_diff']:+.2f} ± {ln['paired_ci95']:.2f}" if "paired_diff" in ln else "-"
-        rows.append(f"| {ln['variant']} | {ln['shot']} | {ln['accuracy']:.2f} | {ln['seed_std']:.2f} | "
+        rows.append(f"| {ln['variant']} | {ln['shot']} | {len(ln['seeds'])} | {ln['accuracy']:.2f} | {ln['seed_std']:.2f} | "
                     f"± {ln['episode_ci95']:.2f} | {diff} | {ln['reversed_pairs']:.2f} | {ln['last_loss']:.3f} | "
                     f"{ln['seconds']:.0f} |")
     return "\n".join(rows)
