@@ -43,3 +43,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def small_backbones() -> list[tuple[str, object, int, int]]:
+    """(name, random-init transformers config or None, input size, tokens per frame) of a tiny CNN, a one-layer
+    CLIP tower and a small ResNet: every backbone kind a head must work on, without any download."""
+    from transformers import CLIPVisionConfig, ResNetConfig
+
+    clip = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    res = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1], layer_type="basic")
+    return [("tiny", None, 32, 1 + 4), ("clip", clip, 32, 1 + 16), ("resnet50", res, 64, 1 + 4)]

@@ -13,7 +13,7 @@ from fsar.model.heads.dist import DiSTHead, cli_options
 from fsar.model.registry import build_method, get_method
 from fsar.model.trainer import Trainer
 
-from _model_helpers import fast_config, one_thread, synth_root  # noqa: F401
+from _model_helpers import fast_config, one_thread, small_backbones, synth_root  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,11 +44,7 @@ def _head(seed: int = 0, **options) -> DiSTHead:
 
 
 def _backbones():
-    from transformers import CLIPVisionConfig, ResNetConfig
-
-    clip = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
-    res = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1], layer_type="basic")
-    return [("tiny", None, 32, 1 + 4), ("clip", clip, 32, 1 + 16), ("resnet50", res, 64, 1 + 4)]
+    return small_backbones()
 
 
 @pytest.mark.parametrize("name,config,size,tokens", _backbones(), ids=["tiny", "clip", "resnet50"])
