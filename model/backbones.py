@@ -162,7 +162,25 @@ class CLIPBackbone(Backbone):
         return self.tower.post_layernorm(out.last_hidden_state)
 
 
-class ResNetBackbone(Backbone):
+class ConvBackbone(Backbone):
+    """A pretrained CNN: batch norm always runs on its stored statistics (episodes are far too small to estimate
+    them), and its last feature map becomes the tokens."""
+
+    def train(self, mode: bool = True) -> "ConvBackbone":
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+
+def map_tokens(fmap: Tensor) -> Tensor:
+    """A feature map [B, D, h, w] -> tokens [B, 1 + h*w, D]: its average (the global token), then every position."""
+    tokens = fmap.flatten(2).transpose(1, 2)
+    return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+
+
+class ResNetBackbone(ConvBackbone):
     """ResNet-50 feature map of the last stage, plus its average-pooled vector as the global token."""
 
     name, norm, dim = "resnet50", "resnet50", 2048
@@ -175,20 +193,11 @@ class ResNetBackbone(Backbone):
     def blocks(self) -> list[nn.Module]:
         return [layer for stage in self.model.encoder.stages for layer in stage.layers]
 
-    def train(self, mode: bool = True) -> "ResNetBackbone":
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
-        return self
-
     def forward(self, images: Tensor) -> Tensor:
-        fmap = self.model(pixel_values=images).last_hidden_state  # [B, D, h, w]
-        tokens = fmap.flatten(2).transpose(1, 2)
-        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        return map_tokens(self.model(pixel_values=images).last_hidden_state)  # [B, D, h, w] map
 
 
-class EfficientNetLiteBackbone(Backbone):
+class EfficientNetLiteBackbone(ConvBackbone):
     """EfficientNet-Lite's last feature map (after the 1x1 head, 1280 channels, before pooling and classifier) as
     position tokens, plus its average as the global token. Blocks: the MBConv blocks, then the head."""
 
@@ -202,16 +211,8 @@ class EfficientNetLiteBackbone(Backbone):
     def blocks(self) -> list[nn.Module]:
         return [*self.model.blocks, self.model.head]
 
-    def train(self, mode: bool = True) -> "EfficientNetLiteBackbone":
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
-        return self
-
     def forward(self, images: Tensor) -> Tensor:
-        tokens = self.model.features(images).flatten(2).transpose(1, 2)  # [B, h*w, 1280]
-        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        return map_tokens(self.model.features(images))  # [B, 1280, h, w] map
 
 
 class DINOv2Backbone(Backbone):

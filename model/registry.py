@@ -137,3 +137,8 @@ def build_method(name: str, dim: int, num_frames: int, text_dim: int | None = No
 def scale_parameter(init: float) -> nn.Parameter:
     """A learnable positive logit scale, stored as its log so it stays positive."""
     return nn.Parameter(torch.tensor(float(init)).log())
+
+
+def heads_for(dim: int, wanted: int) -> int:
+    """The largest attention-head count <= wanted that divides dim (128, 256, 768, 2048 all take 4 or 8)."""
+    return next(h for h in range(max(1, wanted), 0, -1) if dim % h == 0)

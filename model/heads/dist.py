@@ -34,7 +34,7 @@ from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
 from fsar.model.matching import bimhm_distance, otam_bidirectional, sinusoidal_positions
-from fsar.model.registry import Head, HeadOutput, register_method, scale_parameter
+from fsar.model.registry import Head, HeadOutput, register_method, heads_for, scale_parameter
 
 KNOWLEDGE = ("llm", "name", "none")
 GEN_HINT = "fsar-knowledge generate --dataset DATASET --kind dist"
@@ -55,10 +55,6 @@ def cli_options(knowledge: str = "llm", no_skc: bool = False, no_tkc: bool = Fal
         opts["tkc"] = False
     return opts
 
-
-def _heads_for(dim: int, wanted: int) -> int:
-    """The largest head count <= wanted that divides dim (tiny 128, CLIP 768, ResNet-50 2048 all take 4 or 8)."""
-    return next(h for h in range(max(1, wanted), 0, -1) if dim % h == 0)
 
 
 def decoder(dim: int, heads: int, layers: int, dropout: float) -> nn.TransformerDecoder:
@@ -182,7 +178,7 @@ class DiSTHead(Head):
         self.lam = lam
         # with one compensator off, the other one's metric carries the whole logit
         self.spatial_weight = spatial_weight if (skc and tkc) else (1.0 if skc else 0.0)
-        h = _heads_for(dim, heads)
+        h = heads_for(dim, heads)
         guided = knowledge != "none"
         self.skc = SpatialCompensator(dim, objects, h, layers, dropout, guided) if skc else None
         self.tkc = TemporalCompensator(dim, num_frames, h, layers, dropout, guided, bank) if tkc else None

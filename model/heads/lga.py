@@ -54,7 +54,7 @@ from einops import rearrange, reduce
 from torch import Tensor, nn
 
 from fsar.model.matching import bimhm_distance
-from fsar.model.registry import Head, HeadOutput, register_method, scale_parameter
+from fsar.model.registry import Head, HeadOutput, register_method, heads_for, scale_parameter
 from fsar.model.segment import cluster_segment, pool_stages, stage_weights, uniform_segment
 
 STAGES = 3  # onset, progression, completion: fixed by the lga knowledge schema
@@ -104,10 +104,6 @@ def ab_mhm_distance(dist: Tensor, window: int = 1) -> Tensor:
     j = torch.arange(cols, device=dist.device)[None, :]
     return bimhm_distance(dist.masked_fill((i - j).abs() > window, float("inf")))
 
-
-def _heads_for(dim: int, wanted: int) -> int:
-    """The largest head count <= wanted that divides dim."""
-    return next(h for h in range(max(1, wanted), 0, -1) if dim % h == 0)
 
 
 class StageFusion(nn.Module):
@@ -196,7 +192,7 @@ class LGAHead(Head):
         self.knowledge, self.segment, self.match, self.alpha = knowledge, segment, match, float(alpha)
         self.overlap, self.window, self.query_text, self.text_item = int(overlap), int(window), query_text, text_item
         self.contrastive, self.contrastive_form = float(contrastive), contrastive_form
-        self.fusion = StageFusion(dim, _heads_for(dim, heads), dropout)
+        self.fusion = StageFusion(dim, heads_for(dim, heads), dropout)
         self.text_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.LayerNorm(dim)) if knowledge != "none" else None
         self.log_scale = scale_parameter(scale)
         self.log_text_scale = scale_parameter(text_scale) if knowledge != "none" else None

@@ -54,7 +54,7 @@ from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
 from fsar.model.matching import bimhm_distance, otam_bidirectional, sinusoidal_positions
-from fsar.model.registry import Head, HeadOutput, register_method, scale_parameter
+from fsar.model.registry import Head, HeadOutput, register_method, heads_for, scale_parameter
 from fsar.model.ssm import IMPLEMENTATIONS, selective_scan
 
 KNOWLEDGE = ("llm", "name", "none")
@@ -72,10 +72,6 @@ def cli_options(knowledge: str = "llm", **flags) -> dict:
         raise ValueError(f"{', '.join(given)}: not a switch of star; its ablations are {ABLATIONS}")
     return {} if knowledge == "llm" else {"knowledge": knowledge}
 
-
-def _heads_for(dim: int, wanted: int) -> int:
-    """The largest head count <= wanted that divides dim."""
-    return next(h for h in range(max(1, wanted), 0, -1) if dim % h == 0)
 
 
 class TextTokens(nn.Module):
@@ -301,7 +297,7 @@ class STARHead(Head):
         self.uses_semantics = stpr and (sgf or acu)
         # the query is refined once per class when any part reads class text (DiST's choice; module docstring)
         self.per_class = text
-        self.tsa = TemporalSemanticAttention(dim, num_frames, _heads_for(dim, heads), dropout) if tsa else None
+        self.tsa = TemporalSemanticAttention(dim, num_frames, heads_for(dim, heads), dropout) if tsa else None
         self.stpr = SemanticTemporalRefiner(dim, inner, state, conv, strides if multi_frequency else (1,), bidirectional,
                                             sgf, asd, acu, dropout, scan) if stpr else None
         self.descriptor_text = TextTokens(text_dim, dim) if (text and tsa) else None
