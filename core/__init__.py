@@ -1,0 +1,1 @@
+"""What every stage shares: the one registry type and the one user-error type."""

@@ -1,0 +1,1 @@
+"""Knowledge kinds, one module each, registered in ``fsar.knowledge.kinds.KINDS``."""
