@@ -1,0 +1,80 @@
+"""What a run is built from, shared by ``fsar-train`` and ``fsar-eval``: the videos of a split, the text bank a
+method needs, the model (backbone, adapter, head), and where features and runs are kept."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from fsar.model.adapter import FrameAdapter
+from fsar.model.backbones import build_backbone
+from fsar.model.config import TrainConfig
+from fsar.model.features import derived_seed
+from fsar.model.fewshot import FewShotModel, TextBank, text_bank_for
+from fsar.model.registry import build_method, get_method
+
+
+def load_records(cfg: TrainConfig, split: str) -> list:
+    """The videos of one split of the configured data set."""
+    from fsar.data.loaders import list_videos
+
+    return list_videos(cfg.dataset, cfg.root, split)
+
+
+def check_fits(records: list, way: int, shot: int, query: int, split: str) -> None:
+    """One-line error when the split cannot make ``way``-way episodes with shot + query videos per class."""
+    counts = Counter(r.class_key for r in records)
+    need = shot + query
+    big = [k for k, n in counts.items() if n >= need]
+    if len(counts) < way:
+        raise ValueError(f"the {split} split has {len(counts)} classes with videos, fewer than --way {way}; lower --way")
+    if len(big) < way:
+        key, n = min(counts.items(), key=lambda kv: kv[1])
+        raise ValueError(
+            f"--shot {shot} + {query} queries = {need} videos per class, but only {len(big)} {split} classes have "
+            f"that many (e.g. '{key}' has {n}); lower --shot or --query"
+        )
+
+
+def load_bank(cfg: TrainConfig) -> TextBank | None:
+    """The text the method asks for with its options (None, class names, or a knowledge kind)."""
+    need = get_method(cfg.method).text_need(cfg.opts)
+    return text_bank_for(need, cfg.dataset, cfg.encoder, create=cfg.create_text)
+
+
+def build_model(cfg: TrainConfig, bank: TextBank | None, backbone_config=None, num_classes: int = 0) -> FewShotModel:
+    """Backbone + head from a resolved config (the head gets the backbone's width and the text width); with
+    ``num_classes`` (training) also the classifier of the auxiliary classification loss."""
+    backbone = build_backbone(cfg.backbone, cfg.backbone_path, cfg.tune, seed=cfg.seed, config=backbone_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(cfg.seed, 7))
+        cls = get_method(cfg.method)
+        adapter = None
+        if cfg.adapter == "spatial":
+            adapter = FrameAdapter(backbone.dim, cfg.adapter_dim, tokens=cls.needs_tokens)
+        head = build_method(cfg.method, dim=adapter_width(backbone, adapter), num_frames=cfg.frames,
+                            text_dim=bank.dim if bank is not None else None, **cfg.opts)
+        model = FewShotModel(backbone, head, num_classes=num_classes, class_loss=cfg.class_loss, adapter=adapter)
+    return model
+
+
+def adapter_width(backbone, adapter) -> int:
+    """The feature width the head sees."""
+    return adapter.global_proj.out_features if adapter is not None else backbone.dim
+
+
+def features_dir() -> Path:
+    """Where cached backbone features live (under the cache root)."""
+    from fsar.data.paths import cache_root
+
+    return cache_root() / "features"
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    """<cache>/runs/<method>-<dataset>-<way>w<shot>s-<backbone>-seed<seed>-<time>."""
+    from fsar.data.paths import cache_root
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return cache_root() / "runs" / f"{cfg.method}-{cfg.dataset}-{cfg.way}w{cfg.shot}s-{cfg.backbone}-seed{cfg.seed}-{stamp}"
