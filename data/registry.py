@@ -2,7 +2,8 @@
 
 Class keys are the original names of the data set (``ApplyEyeMakeup``, ``brush_hair``); ``prompt_name`` gives the
 natural-language form used for prompting (``apply eye makeup``, ``brush hair``). The registry is open:
-``register_dataset`` adds a data set (the synthetic benchmark registers itself this way).
+``register_dataset`` adds a data set to ``DATASETS`` (the synthetic benchmark registers itself this way, when its
+module is first needed); an unknown name is a one-line error listing the known ones.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+from fsar.core.registry import Registry
 
 SPLITS = ("train", "val", "test")
 
@@ -82,22 +85,16 @@ def _packaged_splits(name: str) -> dict[str, list[str]]:
     }
 
 
-_BUILTIN = {
-    "hmdb51": dict(description="HMDB51, ARN split (31/10/10)"),
-    "ucf101": dict(description="UCF101, ARN split (70/10/21)"),
-    "kinetics100": dict(description="Kinetics-100, CMN split (64/12/24)"),
-    "ssv2_small": dict(description="Something-Something v2 small, CMN split (64/12/24)", direction_matters=True),
-    "ssv2_full": dict(description="Something-Something v2 full, OTAM split (64/12/24)", direction_matters=True),
-}
-# data sets that register themselves when their module is imported (kept lazy: importing them may be heavy)
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
+# data sets that register themselves when their module is imported (kept lazy: importing it takes a while)
 _PROVIDERS = {"synthetic": "fsar.data.synthetic"}
-_REGISTRY: dict[str, DatasetInfo] = {}
 
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
-    """Add (or replace) a data set in the registry."""
-    _REGISTRY[info.name] = info
-    return info
+    """Add a data set; the same name again with other classes is refused (the same classes again are a no-op)."""
+    if info.name in DATASETS and DATASETS.get(info.name) != info:
+        raise ValueError(f"data set '{info.name}' is registered twice, with different classes")
+    return DATASETS.register(info.name, info)
 
 
 def build_dataset(name: str, splits: dict[str, list[str]], **kwargs) -> DatasetInfo:
@@ -106,20 +103,26 @@ def build_dataset(name: str, splits: dict[str, list[str]], **kwargs) -> DatasetI
 
 
 def known_datasets() -> list[str]:
-    return sorted(set(_BUILTIN) | set(_PROVIDERS) | set(_REGISTRY))
+    """Every data set name, sorted (including those whose module is not imported yet)."""
+    return sorted(set(DATASETS.names()) | set(_PROVIDERS))
 
 
 def get_dataset(name: str) -> DatasetInfo:
-    """Look a data set up by name; a one-line error lists the known ones."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if name in _BUILTIN:
-        return register_dataset(_build(name, _packaged_splits(name), **_BUILTIN[name]))
-    if name in _PROVIDERS:
-        importlib.import_module(_PROVIDERS[name])
-        if name in _REGISTRY:
-            return _REGISTRY[name]
-    raise KeyError(f"unknown dataset '{name}'; known datasets: {', '.join(known_datasets())}")
+    """Look a data set up by name; an unknown name is a one-line error listing the known ones."""
+    if name not in DATASETS:
+        for module in _PROVIDERS.values():  # a provider's name, or an unknown one (listed with every provider's)
+            importlib.import_module(module)
+    return DATASETS.get(name)
+
+
+for _name, _kwargs in {
+    "hmdb51": dict(description="HMDB51, ARN split (31/10/10)"),
+    "ucf101": dict(description="UCF101, ARN split (70/10/21)"),
+    "kinetics100": dict(description="Kinetics-100, CMN split (64/12/24)"),
+    "ssv2_small": dict(description="Something-Something v2 small, CMN split (64/12/24)", direction_matters=True),
+    "ssv2_full": dict(description="Something-Something v2 full, OTAM split (64/12/24)", direction_matters=True),
+}.items():
+    register_dataset(_build(_name, _packaged_splits(_name), **_kwargs))
 
 
 CLASS_COLUMNS = ("name", "class", "class_name", "label", "action")  # CSV header names of the class column

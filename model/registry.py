@@ -134,6 +134,18 @@ def build_method(name: str, dim: int, num_frames: int, text_dim: int | None = No
     return cls(dim=dim, num_frames=num_frames, text_dim=text_dim, **options)
 
 
+def knowledge_need(options: dict, kind: str) -> str | None:
+    """The text a knowledge-reading head needs for its ``knowledge`` option: llm -> the kind, name -> class names,
+    none -> no text; any other value is a one-line error (before anything is generated)."""
+    from fsar.core.errors import FsarError
+
+    needs = {"llm": kind, "name": "names", "none": None}
+    choice = options.get("knowledge", "llm")
+    if choice not in needs:
+        raise FsarError(f"--knowledge must be one of llm, name, none, got '{choice}'")
+    return needs[choice]
+
+
 def scale_parameter(init: float) -> nn.Parameter:
     """A learnable positive logit scale, stored as its log so it stays positive."""
     return nn.Parameter(torch.tensor(float(init)).log())

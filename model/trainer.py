@@ -29,16 +29,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsar.model.backbones import state_fingerprint
-from fsar.model.build import build_model, check_fits, default_run_dir, features_dir, load_bank, load_records
+from fsar.model.build import build_model, check_fits, check_names, default_run_dir, features_dir, load_bank, load_records
 from fsar.model.checkpoint import (
     CHECKPOINT_FORMAT,
+    CheckpointError,
+    MissingCheckpoint,
+    RunFolderExists,
     checkpoint_payload,
     load_checkpoint,
     load_model_state,
     read_resume_checkpoint,
     write_checkpoint,
 )
-from fsar.model.config import TrainConfig
+from fsar.model.config import ConfigError, TrainConfig
 from fsar.model.distributed import all_true, barrier, dist_env, gather, init_process_group, pick_device, sync_buffers
 from fsar.model.evaluation import evaluate_checkpoint, result_payload
 from fsar.model.evaluator import (
@@ -74,21 +77,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     ``lr * backbone_lr_scale``."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError(f"nothing to train: method '{cfg.method}' has no parameters and the backbone is frozen; use --tune full or N")
+        raise ConfigError(f"nothing to train: method '{cfg.method}' has no parameters and the backbone is frozen; use --tune full or N")
     bb = [p for p in model.backbone.parameters() if p.requires_grad]
     in_backbone = {id(p) for p in model.backbone.parameters()}
     hd = [p for p in params if id(p) not in in_backbone]  # head, adapter, classifier
     groups = [g for g in ({"params": hd, "lr": cfg.lr}, {"params": bb, "lr": cfg.lr * cfg.backbone_lr_scale}) if g["params"]]
-    if cfg.optimizer not in ("adam", "adamw"):
-        raise ValueError(f"unknown --optimizer '{cfg.optimizer}'; choose adam or adamw")
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(cfg: TrainConfig, total_steps: int):
     """The learning-rate multiplier per optimizer step: linear warm-up, then cosine decay to 0 (or constant)."""
-    if cfg.schedule not in ("cosine", "constant"):
-        raise ValueError(f"unknown --schedule '{cfg.schedule}'; choose cosine or constant")
     warm = int(cfg.warmup * total_steps)
 
     def factor(step: int) -> float:
@@ -112,19 +111,17 @@ class Trainer:
         self.device = pick_device(cfg.device, local)
         init_process_group(self.world, self.device)
         self.main = self.rank == 0
-        if cfg.episodes < 1:
-            raise ValueError(f"--episodes must be at least 1, got {cfg.episodes}")
         self.out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
         if cfg.out is None and self.world > 1:
             self.out = Path(gather(str(self.out), self.world)[0])  # every rank writes to rank 0's folder
         self.last_path, self.best_path = self.out / "last.pt", self.out / "best.pt"
         self.log_path = self.out / "log.jsonl"
         if self.last_path.exists() and not cfg.resume:
-            raise FileExistsError(f"run folder {self.out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+            raise RunFolderExists(f"run folder {self.out} already holds a checkpoint; pass --resume to continue it or choose another --out")
         if cfg.resume and not self.last_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint {self.last_path}; start without --resume")
+            raise MissingCheckpoint(f"--resume: no checkpoint {self.last_path}; start without --resume")
 
-        get_method(cfg.method)  # unknown method: one-line error before any data work
+        check_names(cfg)  # an unknown method, backbone or data set: one-line error before any data work
         self.records = {s: load_records(cfg, s) for s in ("train", "val")}
         check_fits(self.records["train"], cfg.way, cfg.shot, cfg.query, "train")
         check_fits(self.records["val"], cfg.way, cfg.test_shot, 1, "val")
@@ -299,7 +296,7 @@ class Trainer:
         self.episode, self.step, self.best = ckpt["episode"], ckpt["step"], ckpt["best"]
         states = ckpt["rng"]
         if len(states) != self.world:
-            raise ValueError(f"checkpoint was written by {len(states)} processes, this run has {self.world}; resume with the same number")
+            raise CheckpointError(f"checkpoint was written by {len(states)} processes, this run has {self.world}; resume with the same number")
         torch.set_rng_state(states[self.rank]["torch"])
         if states[self.rank]["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(states[self.rank]["cuda"])

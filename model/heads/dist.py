@@ -34,7 +34,7 @@ from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
 from fsar.model.matching import bimhm_distance, otam_bidirectional, sinusoidal_positions
-from fsar.model.registry import Head, HeadOutput, register_method, heads_for, scale_parameter
+from fsar.model.registry import Head, HeadOutput, heads_for, knowledge_need, register_method, scale_parameter
 
 KNOWLEDGE = ("llm", "name", "none")
 GEN_HINT = "fsar-knowledge generate --dataset DATASET --kind dist"
@@ -189,7 +189,7 @@ class DiSTHead(Head):
     @classmethod
     def text_need(cls, options: dict) -> str | None:
         """llm -> the ``dist`` knowledge kind, name -> class names only, none -> no text."""
-        return {"llm": "dist", "name": "names", "none": None}.get(options.get("knowledge", "llm"), "dist")
+        return knowledge_need(options, "dist")
 
     def attributes(self, text: dict[str, Tensor] | None, item: str) -> tuple[Tensor | None, Tensor | None]:
         """The raw attribute embeddings [E, N, S, Dt] and padding mask [E, N, S] (True = padding) of one item."""

@@ -54,7 +54,7 @@ from einops import rearrange, reduce
 from torch import Tensor, nn
 
 from fsar.model.matching import bimhm_distance
-from fsar.model.registry import Head, HeadOutput, register_method, heads_for, scale_parameter
+from fsar.model.registry import Head, HeadOutput, heads_for, knowledge_need, register_method, scale_parameter
 from fsar.model.segment import cluster_segment, pool_stages, stage_weights, uniform_segment
 
 STAGES = 3  # onset, progression, completion: fixed by the lga knowledge schema
@@ -200,7 +200,7 @@ class LGAHead(Head):
     @classmethod
     def text_need(cls, options: dict) -> str | None:
         """llm -> the ``lga`` knowledge kind, name -> class names only, none -> no text."""
-        return {"llm": "lga", "name": "names", "none": None}.get(options.get("knowledge", "llm"), "lga")
+        return knowledge_need(options, "lga")
 
     # ------------------------------------------------------------------ anatomy
 

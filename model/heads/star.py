@@ -54,7 +54,7 @@ from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
 from fsar.model.matching import bimhm_distance, otam_bidirectional, sinusoidal_positions
-from fsar.model.registry import Head, HeadOutput, register_method, heads_for, scale_parameter
+from fsar.model.registry import Head, HeadOutput, heads_for, knowledge_need, register_method, scale_parameter
 from fsar.model.ssm import IMPLEMENTATIONS, selective_scan
 
 KNOWLEDGE = ("llm", "name", "none")
@@ -318,7 +318,7 @@ class STARHead(Head):
         """llm -> the ``star`` knowledge kind, name -> class names only, none (or no part that reads text) -> no text."""
         if not cls.reads_text(options):
             return None
-        return {"llm": "star", "name": "names", "none": None}.get(options.get("knowledge", "llm"), "star")
+        return knowledge_need(options, "star")
 
     # ------------------------------------------------------------------ text
 
