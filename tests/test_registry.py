@@ -62,7 +62,7 @@ def test_ssv2_brackets_accepted():
 
 
 def test_unknown_dataset_lists_known():
-    with pytest.raises(KeyError, match="known datasets: .*hmdb51"):
+    with pytest.raises(KeyError, match="unknown dataset .hmdb52.; choose one of: .*hmdb51"):
         get_dataset("hmdb52")
     assert "synthetic" in known_datasets()
 
