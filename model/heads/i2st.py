@@ -1,0 +1,332 @@
+"""I2ST (Qian, Zhang, Huang, Wang and Ying, "Joint Image-Instance Spatial-Temporal Attention for Few-shot Action
+Recognition", seed 004): instance perception learned from masks, joint image-instance spatial-temporal attention
+and global-local prototype matching.
+
+What the paper defines (section 3), on image features f_img [T, C, H, W] (here: the patch tokens 1..P of each
+frame, laid out as a square H x W grid):
+
+- IPM, instance perception module: an encoder of 2D convolutions turns f_img into instance embeddings f_ins of the
+  same shape; a decoder of 2D convolutions and upsampling reconstructs the action-related instance mask from f_ins,
+  trained with an L2 loss against masks from a text-guided segmenter; the decoder is discarded at inference.
+- SAM, spatial-temporal attention module: the spatial sub-module unfolds both streams per frame ([T, HW, C]) and
+  computes f_S = FFN(MHA(f_img) + MHA(f_ins)); the temporal sub-module does the same per position over the
+  frames ([HW, T, C]); f_ST = AvgPool(f_S) + AvgPool(f_T) (pooled over the positions, [T, C]); a global fusion
+  sub-module prepends a learnable token, adds (T + 1) position embeddings and applies multi-head attention: the
+  token's output is the global prototype, the T frame outputs the local prototypes. The cross-attention form of
+  the sub-modules (instance as query, image as key and value) is the paper's ablation (``attention="cross"``).
+- Matching: D = M(local prototypes) + Sim(global tokens), with M = Bi-MHM and Sim = cosine; K shots are averaged
+  into the class prototype; loss = cross-entropy + lambda * L_mask, plus "an auxiliary contrastive loss".
+
+Our choices, where the paper is silent (each marked "our choice" in the code):
+
+- Sizes: the encoder is two 3 x 3 convolutions at width C after a group norm (one group: a layer norm over C, H,
+  W); the decoder is a 3 x 3 convolution to ``decoder_width`` channels, ``upsample`` times (x2 bilinear, 3 x 3
+  convolution), then a 1 x 1 convolution to one mask logit: 4 x 4 positions give 16 x 16 masks by default. Masks
+  of the batch are resized to the decoder's output (area when shrinking, bilinear when growing).
+- Mask loss: mean squared error of sigmoid(mask logits) against the target, averaged over frames and pixels of
+  each video with a mask, then over those videos (support and query clips alike), times ``mask_loss``; the
+  decoder runs at training only and only on the videos with a mask.
+- SAM details: pre-norm attention with residuals (the paper writes FFN(MHA + MHA) and a residual only around the
+  FFN; without residuals the raw features would be reachable only through attention): self form
+  h = img + ins + MHA(img) + MHA(ins), cross form h = ins + MHA(q=ins, kv=img), then h + FFN(h). Fixed sinusoidal
+  2D grid positions in the spatial sub-module and time positions in the temporal one (so any square P and any T
+  work); learned positions only in the global fusion (T + 1 of them, as the paper). One layer per sub-module,
+  ``fusion_layers`` in the global fusion.
+- The frame's global token (index 0, the frame adapter's motion-aware frame feature, which the paper's ResNet
+  feature map does not have) is added to f_ST before the global fusion (``frame_token=False`` drops it).
+- Matching: the paper adds a distance and a similarity; we fuse two distances on the same scale,
+  d = (1 - w) * Bi-MHM / 2 + w * (1 - cos(global tokens)), w = ``global_weight`` (0.5: the paper's "average"),
+  logits = -scale * d with a learnable scale. Bi-MHM / 2 is the mean of the two directions' mean nearest-frame
+  cosine distances, in [0, 2] like 1 - cos.
+- Contrastive loss, our reading after MoLo (Wang et al. 2023d, which the paper cites for it): InfoNCE of each
+  query's global token against the N class prototypes taken as the mean of the class's local prototypes
+  (cosine / ``temperature``), so the global token learns to predict the frames' content; times ``contrastive``;
+  training only, when query labels are given.
+
+Ablation switches (constructor options, so ``--opt`` works and checkpoints record them): ``ipm=false`` (no
+instance stream and no mask loss), ``spatial=false``, ``temporal=false`` (with both off f_ST is the pooled image
+plus instance features), ``attention=self|cross``, ``matching=global_local|local|global``, ``frame_token=false``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce, repeat
+from torch import Tensor, nn
+
+from fsar.core.errors import FsarError
+from fsar.model.batch import EpisodeBatch
+from fsar.model.matching import bimhm_distance, episode_frame_distance, sinusoidal_positions
+from fsar.model.registry import Head, HeadOutput, heads_for, register_method, scale_parameter
+
+ATTENTION = ("self", "cross")
+MATCHING = ("global_local", "local", "global")
+
+
+def grid_positions(side: int, dim: int) -> Tensor:
+    """Fixed 2D sinusoidal encodings [side * side, dim] of a square grid: half the channels say the row, half the column."""
+    rows = sinusoidal_positions(side, dim // 2)
+    cols = sinusoidal_positions(side, dim - dim // 2)
+    return torch.cat([repeat(rows, "h c -> (h w) c", w=side), repeat(cols, "w c -> (h w) c", h=side)], dim=-1)
+
+
+def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """masks [B, h, w] in 0..1 -> [B, *size]: area averaging when shrinking, bilinear when growing."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    shrink = masks.shape[-2] >= size[0] and masks.shape[-1] >= size[1]
+    out = F.interpolate(masks[:, None], size=size, mode="area" if shrink else "bilinear", **({} if shrink else {"align_corners": False}))
+    return out[:, 0]
+
+
+class InstanceEncoder(nn.Module):
+    """IPE: image features [B, C, H, W] -> instance embeddings [B, C, H, W] (group norm, 3x3 conv, GELU, 3x3 conv)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        # our choice: two convolutions at the feature width, after a layer norm over (C, H, W)
+        self.net = nn.Sequential(nn.GroupNorm(1, dim), nn.Conv2d(dim, dim, 3, padding=1), nn.GELU(), nn.Conv2d(dim, dim, 3, padding=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class InstanceDecoder(nn.Module):
+    """IPD: instance embeddings [B, C, H, W] -> mask logits [B, H * 2^u, W * 2^u] (convolutions, x2 upsampling u times)."""
+
+    def __init__(self, dim: int, width: int, upsample: int):
+        super().__init__()
+        # our choice: a narrow decoder (width 32) and bilinear x2 steps, each followed by a 3x3 convolution
+        layers: list[nn.Module] = [nn.Conv2d(dim, width, 3, padding=1), nn.GELU()]
+        for _ in range(upsample):
+            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(width, width, 3, padding=1), nn.GELU()]
+        layers.append(nn.Conv2d(width, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)[:, 0]
+
+
+class JointAttention(nn.Module):
+    """One SAM sub-module over a sequence axis L: image [B, L, D] and instance [B, L, D] (or None) -> fused [B, L, D].
+
+    self: h = img + ins + MHA(img) + MHA(ins); cross: h = ins + MHA(q=ins, kv=img); no instance: h = img + MHA(img);
+    then h + FFN(h). Pre-norm; ``pos`` [L, D] is added to the attention inputs.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, form: str, instance: bool):
+        super().__init__()
+        self.form = form
+        self.norm_img = nn.LayerNorm(dim)
+        self.attn_img = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)  # the cross attention in "cross"
+        self.norm_ins = nn.LayerNorm(dim) if instance else None
+        self.attn_ins = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) if (instance and form == "self") else None
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim), nn.Dropout(dropout))
+
+    def forward(self, img: Tensor, ins: Tensor | None, pos: Tensor) -> Tensor:
+        a = self.norm_img(img + pos)
+        if ins is None:
+            h = img + self.attn_img(a, a, a, need_weights=False)[0]
+        elif self.form == "self":
+            b = self.norm_ins(ins + pos)
+            h = img + ins + self.attn_img(a, a, a, need_weights=False)[0] + self.attn_ins(b, b, b, need_weights=False)[0]
+        else:  # cross: the instance asks, the image answers (the paper's ablation)
+            b = self.norm_ins(ins + pos)
+            h = ins + self.attn_img(b, a, a, need_weights=False)[0]
+        return h + self.ffn(self.norm_ffn(h))
+
+
+class GlobalFusion(nn.Module):
+    """[token, f_ST frames] + learned positions -> pre-norm transformer -> global [B, D] and local [B, T, D] prototypes."""
+
+    def __init__(self, dim: int, num_frames: int, heads: int, layers: int, dropout: float):
+        super().__init__()
+        self.token = nn.Parameter(torch.randn(dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(num_frames + 1, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        b, t = x.shape[:2]
+        if t + 1 > self.pos.shape[0]:
+            raise FsarError(f"I2ST was built for {self.pos.shape[0] - 1} frames but got clips of {t}; build it with num_frames >= {t}")
+        seq = torch.cat([repeat(self.token, "d -> b 1 d", b=b), x], dim=1) + self.pos[: t + 1]
+        out = self.encoder(seq)
+        return out[:, 0], out[:, 1:]
+
+
+@register_method("i2st")
+class I2STHead(Head):
+    """Logits = -scale * ((1 - w) * Bi-MHM / 2 of local prototypes + w * (1 - cos) of global tokens), after IPM and SAM."""
+
+    needs_tokens = True
+    needs_masks = True
+    needs_text = None
+
+    def __init__(
+        self,
+        dim: int,
+        num_frames: int,
+        text_dim: int | None = None,
+        ipm: bool = True,
+        spatial: bool = True,
+        temporal: bool = True,
+        attention: str = "self",
+        matching: str = "global_local",
+        frame_token: bool = True,
+        global_weight: float = 0.5,
+        mask_loss: float = 1.0,
+        contrastive: float = 0.1,
+        temperature: float = 0.1,
+        heads: int = 4,
+        fusion_layers: int = 1,
+        decoder_width: int = 32,
+        upsample: int = 2,
+        dropout: float = 0.1,
+        scale: float = 10.0,
+    ):
+        super().__init__(dim, num_frames, text_dim)
+        switches = dict(ipm=ipm, spatial=spatial, temporal=temporal, frame_token=frame_token)
+        for key, value in switches.items():
+            if not isinstance(value, bool):
+                raise FsarError(f"I2ST option {key} must be true or false, got {value!r} (e.g. --opt {key}=false)")
+        if attention not in ATTENTION:
+            raise FsarError(f"I2ST option attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
+        if attention == "cross" and not ipm:
+            raise FsarError("I2ST attention=cross needs the instance stream as its query; drop ipm=false or use attention=self")
+        if matching not in MATCHING:
+            raise FsarError(f"I2ST option matching must be one of {', '.join(MATCHING)}, got {matching!r}")
+        if not 0.0 <= global_weight <= 1.0:
+            raise FsarError(f"I2ST option global_weight must lie in [0, 1], got {global_weight}")
+        if min(mask_loss, contrastive) < 0 or not temperature > 0:
+            raise FsarError(f"I2ST options mask_loss and contrastive must be >= 0 and temperature > 0, got "
+                            f"{mask_loss}, {contrastive}, {temperature}")
+        if min(heads, fusion_layers, decoder_width) < 1 or upsample < 0:
+            raise FsarError("I2ST options heads, fusion_layers and decoder_width must be >= 1 and upsample >= 0")
+        self.use_ipm, self.use_spatial, self.use_temporal, self.use_frame_token = ipm, spatial, temporal, frame_token
+        self.attention, self.matching = attention, matching
+        # local only / global only put the whole logit on one term
+        self.global_weight = {"global_local": global_weight, "local": 0.0, "global": 1.0}[matching]
+        self.mask_weight, self.contrastive, self.temperature = mask_loss, contrastive, temperature
+        self.decoder_steps = upsample
+        h = heads_for(dim, heads)
+        self.encoder = InstanceEncoder(dim) if ipm else None
+        self.decoder = InstanceDecoder(dim, decoder_width, upsample) if ipm else None
+        self.spatial = JointAttention(dim, h, dropout, attention, ipm) if spatial else None
+        self.temporal = JointAttention(dim, h, dropout, attention, ipm) if temporal else None
+        self.fusion = GlobalFusion(dim, num_frames, h, fusion_layers, dropout)
+        self.log_scale = scale_parameter(scale)
+
+    # ------------------------------------------------------------------ IPM and SAM
+
+    def instances(self, img: Tensor) -> Tensor:
+        """IPE on image features [V, T, P, D] (P = side²) -> instance embeddings [V, T, P, D]."""
+        v, side = img.shape[0], math.isqrt(img.shape[2])
+        # contiguous: torch 2.13's CPU group-norm backward crashes on this permuted (channels-last) view when the
+        # input itself needs no gradient (frozen features)
+        fmap = rearrange(img, "v t (h w) d -> (v t) d h w", h=side).contiguous()
+        return rearrange(self.encoder(fmap), "(v t) d h w -> v t (h w) d", v=v)
+
+    def decode(self, ins: Tensor) -> Tensor:
+        """IPD on instance embeddings [V, T, P, D] -> mask logits [V, T, S, S] (training only)."""
+        v, side = ins.shape[0], math.isqrt(ins.shape[2])
+        logits = self.decoder(rearrange(ins, "v t (h w) d -> (v t) d h w", h=side).contiguous())
+        return rearrange(logits, "(v t) s r -> v t s r", v=v)
+
+    def prototypes(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Tokens [V, T, 1 + P, D] -> global [V, D], local [V, T, D] prototypes and instance embeddings [V, T, P, D]."""
+        frame, img = tokens[:, :, 0], tokens[:, :, 1:]
+        v, t, p, d = img.shape
+        ins = self.instances(img) if self.use_ipm else None
+        parts = []
+        if self.spatial is not None:  # per frame, over the H x W positions
+            pos = grid_positions(math.isqrt(p), d).to(img)
+            f_s = self.spatial(rearrange(img, "v t p d -> (v t) p d"),
+                               None if ins is None else rearrange(ins, "v t p d -> (v t) p d"), pos)
+            parts.append(reduce(f_s, "(v t) p d -> v t d", "mean", v=v))
+        if self.temporal is not None:  # per position, over the T frames
+            pos = sinusoidal_positions(t, d).to(img)
+            f_t = self.temporal(rearrange(img, "v t p d -> (v p) t d"),
+                                None if ins is None else rearrange(ins, "v t p d -> (v p) t d"), pos)
+            parts.append(reduce(f_t, "(v p) t d -> v t d", "mean", v=v))
+        if not parts:  # neither branch: the pooled streams themselves (the paper's "IPM + Bi-MHM" row)
+            parts.append(img.mean(dim=2))
+            if ins is not None:
+                parts.append(ins.mean(dim=2))
+        f_st = sum(parts)
+        if self.use_frame_token:  # our choice: the frame feature of token 0 joins f_ST
+            f_st = f_st + frame
+        glob, local = self.fusion(f_st)
+        return glob, local, ins
+
+    # ------------------------------------------------------------------ losses
+
+    def mask_loss(self, ins: Tensor, masks: Tensor, has: Tensor) -> Tensor:
+        """Weighted L2 loss of the decoded masks: ins [V, T, P, D], masks [V, T, S, S] at the decoder's size, has [V]."""
+        if not bool(has.any()):
+            return ins.new_zeros(())
+        pred = torch.sigmoid(self.decode(ins[has]))  # [V', T, S, S]: the decoder runs on the videos with a mask only
+        return self.mask_weight * (pred - masks[has].to(pred.dtype)).pow(2).mean()
+
+    def contrastive_loss(self, q_glob: Tensor, s_local: Tensor, labels: Tensor) -> Tensor:
+        """InfoNCE of query global tokens [E, Q, D] against class prototypes (mean local prototype) [E, N, T, D]."""
+        classes = F.normalize(s_local.mean(dim=2), dim=-1)
+        sims = torch.einsum("eqd,end->eqn", F.normalize(q_glob, dim=-1), classes) / self.temperature
+        return self.contrastive * F.cross_entropy(rearrange(sims, "e q n -> (e q) n"), labels.flatten().to(sims.device))
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, batch: EpisodeBatch) -> HeadOutput:
+        support, query = batch.support, batch.query
+        if support.dim() != 6 or query.dim() != 5:
+            raise ValueError(f"I2ST needs tokens [E, N, K, T, 1+P, D] and [E, Q, T, 1+P, D], got {tuple(support.shape)} "
+                            f"and {tuple(query.shape)}")
+        p = support.shape[-2] - 1
+        if p < 1 or math.isqrt(p) ** 2 != p:
+            raise FsarError(f"I2ST needs a square grid of patch tokens after the global token, got {p} positions; "
+                            "use a backbone or frame adapter that keeps the feature map")
+        e, n, k, t = support.shape[:4]
+        qn = query.shape[1]
+        videos = torch.cat([rearrange(support, "e n k t p d -> (e n k) t p d"), rearrange(query, "e q t p d -> (e q) t p d")])
+        glob, local, ins = self.prototypes(videos)
+        s_glob = reduce(glob[: e * n * k], "(e n k) d -> e n d", "mean", e=e, n=n)  # K shots averaged
+        s_local = reduce(local[: e * n * k], "(e n k) t d -> e n t d", "mean", e=e, n=n)
+        q_glob = rearrange(glob[e * n * k:], "(e q) d -> e q d", e=e)
+        q_local = rearrange(local[e * n * k:], "(e q) t d -> e q t d", e=e)
+
+        dist = 0.0
+        if self.global_weight < 1.0:
+            dist = dist + (1.0 - self.global_weight) * 0.5 * bimhm_distance(episode_frame_distance(q_local, s_local))
+        if self.global_weight > 0.0:
+            cos = torch.einsum("eqd,end->eqn", F.normalize(q_glob, dim=-1), F.normalize(s_glob, dim=-1))
+            dist = dist + self.global_weight * (1.0 - cos)
+        logits = -dist * self.log_scale.exp()
+
+        aux: dict[str, Tensor] = {}
+        if self.training and self.contrastive > 0 and batch.query_labels is not None:
+            aux["contrastive"] = self.contrastive_loss(q_glob, s_local, batch.query_labels)
+        has_masks = batch.support_masks is not None or batch.query_masks is not None
+        if self.training and ins is not None and self.mask_weight > 0 and has_masks:
+            masks, has = self.episode_masks(batch, (e * n * k, e * qn), t, math.isqrt(p), videos)
+            aux["mask"] = self.mask_loss(ins, masks, has)
+        return HeadOutput(logits, aux)
+
+    def episode_masks(self, batch: EpisodeBatch, counts: tuple[int, int], frames: int, side: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The masks [V, T, S, S] (resized to the decoder's output S) and has-mask flags [V] of all videos, support
+        then query (``counts`` videos each); a side without masks counts as having none, masks without flags as all
+        present."""
+        size = (side << self.decoder_steps,) * 2
+        masks, flags = [], []
+        for m, has, count in ((batch.support_masks, batch.support_has_mask, counts[0]), (batch.query_masks, batch.query_has_mask, counts[1])):
+            if m is None:
+                masks.append(like.new_zeros(count, frames, *size))
+                flags.append(torch.zeros(count, dtype=torch.bool, device=like.device))
+                continue
+            m = resize_masks(m.reshape(count * frames, *m.shape[-2:]).to(like), size)
+            masks.append(rearrange(m, "(v t) h w -> v t h w", v=count))
+            present = torch.ones(count, dtype=torch.bool) if has is None else has.reshape(count).bool()
+            flags.append(present.to(like.device))
+        return torch.cat(masks), torch.cat(flags)
