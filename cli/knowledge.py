@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from fsar.cli.common import console, error_message, fail, out, run_cli
+from fsar.core.errors import FsarError
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Stage 1: LLM knowledge about action classes.")
@@ -37,6 +36,7 @@ def generate(
     n_spatial: Optional[int] = typer.Option(None, help="dist: number of spatial attributes (default 4)"),
     n_temporal: Optional[int] = typer.Option(None, help="dist: number of temporal attributes (default 4)"),
     n_descriptors: Optional[int] = typer.Option(None, help="star: number of descriptors (default 4)"),
+    count: list[str] = typer.Option([], "--count", help="any kind's count option NAME=N (repeatable), e.g. --count spatial=6; the kinds' options: dist spatial, temporal; star descriptors"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the rendered prompts; call no LLM, write nothing"),
     force: bool = typer.Option(False, "--force", help="regenerate everything, ignoring stored knowledge and cached answers"),
     contrast: bool = typer.Option(False, "--contrast", help="dist: then ask the model how the pairs of classes the report finds too close differ, and store the answers as extra items of both classes in <model>.contrast"),
@@ -45,14 +45,16 @@ def generate(
 ):
     """Decompose class names into validated knowledge with an LLM and store it as a Hugging Face dataset."""
     from fsar.knowledge.backends import BackendError
-    from fsar.knowledge.generate import ClassEvent, GenerateOptions, dry_run_prompts, generate_knowledge, resolve_classes
-    from fsar.knowledge.schemas import parse_kinds
+    from fsar.knowledge.generate import GenerateOptions, dry_run_prompts, resolve_classes
+    from fsar.knowledge.kinds import parse_kinds
+    from fsar.knowledge.pipeline import generate_with_report
 
     counts = {k: v for k, v in {"spatial": n_spatial, "temporal": n_temporal, "descriptors": n_descriptors}.items() if v}
     try:
         kinds = parse_kinds(kind)
+        counts.update(_counts(count, kinds))
         info, selected = resolve_classes(dataset, classes, split, limit)
-    except (KeyError, ValueError, FileNotFoundError) as e:
+    except (FsarError, KeyError, ValueError, FileNotFoundError) as e:
         fail(error_message(e))
     skipped = info.extra.get("comment_lines") or []
     if skipped:
@@ -76,58 +78,19 @@ def generate(
         seed=seed, temperature=temperature, max_tokens=max_tokens, frequency_penalty=frequency_penalty,
         presence_penalty=presence_penalty, no_repeat_ngram=no_repeat_ngram, max_attempts=max_attempts, force=force, counts=counts,
     )
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-    tasks: dict[str, int] = {}
-    totals = {"tokens": 0, "start": time.perf_counter()}
-
-    def on_plan(kname: str, n: int) -> None:
-        tasks[kname] = progress.add_task(escape(f"{info.name} · {kname}"), total=n, rate="")
-
-    def on_event(e: ClassEvent) -> None:
-        totals["tokens"] += e.completion_tokens
-        # throughput over the wall time: requests are decoded together, so their own times overlap
-        rate = f"{totals['tokens'] / (time.perf_counter() - totals['start']):.1f} tok/s"
-        progress.update(tasks[e.kind], advance=1, rate=rate)
-        mark = "[green]ok[/]" if e.ok else "[red]failed[/]"
-        tail = f" · {e.error}" if e.error else ""
-        text = escape(f"{e.kind} · {e.cls.name} ({e.attempts} attempt{'s' if e.attempts != 1 else ''}){tail}")
-        progress.console.print(f"  {mark} {text}", highlight=False)
-
     try:
-        with progress:
-            summaries = generate_knowledge(
-                dataset=info.name, kinds=kind, split=split, classes_file=classes, limit=limit, backend=backend,
-                model=model, base_url=base_url, concurrency=concurrency, options=opts, on_event=on_event, on_plan=on_plan,
-            )
+        summaries = generate_with_report(
+            info.name, kind, split, classes_file=classes, limit=limit, backend=backend, model=model, base_url=base_url,
+            concurrency=concurrency, options=opts, console=console,
+        )
     except BackendError as e:
         fail(str(e))
-    except (PermissionError, ValueError, KeyError) as e:
+    except (FsarError, PermissionError, ValueError, KeyError) as e:
         fail(error_message(e))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished classes are stored; run the same command again to continue")
         raise typer.Exit(130)
-
-    failed_any = False
-    for s in summaries:
-        # throughput over the kind's wall time (requests overlap, so their own times would undercount it)
-        rate = f", {s.completion_tokens / s.seconds:.1f} tok/s" if s.llm_calls and s.seconds else ""
-        console.print(
-            f"[bold]{escape(s.dataset)} · {s.kind}[/]: {s.ok}/{s.classes} valid ({s.kept} kept, {s.llm_calls} LLM calls, "
-            f"{s.cache_hits} cached answers{rate}, {s.seconds:.1f} s) -> {escape(s.path)}",
-            highlight=False,
-        )
-        if s.failed_classes:
-            failed_any = True
-            console.print(f"[red]failed ({len(s.failed_classes)}):[/] {escape(', '.join(s.failed_classes))}", highlight=False)
+    failed_any = any(s.failed_classes for s in summaries)
     if contrast:
         from fsar.knowledge.contrast import contrast_knowledge
         from fsar.knowledge.report import Thresholds
@@ -149,8 +112,23 @@ def generate(
         raise typer.Exit(1)
 
 
+def _counts(options: list[str], kinds) -> dict[str, int]:
+    """``--count NAME=N`` options -> {NAME: N}; a name no chosen kind has, or a bad number, is a one-line FsarError."""
+    known = {c for k in kinds for c in k.default_counts}
+    given: dict[str, int] = {}
+    for opt in options:
+        name, sep, value = opt.partition("=")
+        name = name.strip()
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise FsarError(f"--count {opt}: expected NAME=N with N a whole number of at least 1, e.g. --count spatial=6")
+        if name not in known:
+            raise FsarError(f"--count {opt}: no chosen kind has the count '{name}'; choose one of: {', '.join(sorted(known)) or 'none'}")
+        given[name] = int(value)
+    return given
+
+
 def _load(dataset: str, kind: str, model: Optional[str]):
-    from fsar.knowledge.schemas import get_kind
+    from fsar.knowledge.kinds import get_kind
     from fsar.knowledge.store import load_knowledge
 
     try:

@@ -22,8 +22,13 @@ Every mask row has at least one True. A class with no valid knowledge (failed or
 name vector in slot 0 (mask True there, False elsewhere), ``has_knowledge`` is False, and ``info["missing"]`` lists
 it. A field that a filter emptied for a valid class gets the same name fallback (``info["name_fallback"]``).
 
-Missing knowledge or embeddings raise FileNotFoundError with the command that makes them; ``create=True`` makes them
-instead (knowledge with the embedded LLM through ``fsar.knowledge.generate.generate_knowledge``, then embeddings).
+The contract only reads: missing knowledge or embeddings raise FileNotFoundError with the command that makes them.
+``fsar.knowledge.pipeline.ensure_knowledge`` makes them (the LLM, then the encoder) with the same progress and report
+as ``fsar-knowledge generate``; ``fsar-train`` calls it before reading. ``create=True`` is deprecated and kept for
+older callers: it embeds stored knowledge whose embeddings are missing (no LLM), then reads.
+
+The layout of each kind's tensors is its own declaration (``fsar.knowledge.kinds``): ``fields`` (embedded, one slot
+per text), ``widths`` (fixed widths), ``pool`` (fields made from others, lga's ``stages``), ``scalars`` ([C, D]).
 """
 from __future__ import annotations
 
@@ -32,22 +37,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fsar.knowledge.embed import (
-    FIELDS,
-    NAME_TEMPLATE,
-    embed_command,
-    embed_knowledge,
-    encode_texts,
-    load_embeddings,
-    name_prompt,
-)
+from fsar.knowledge.embed import NAME_TEMPLATE, encode_texts, load_embeddings, name_prompt
 from fsar.knowledge.encoders import resolve_encoder
-from fsar.knowledge.schemas import get_kind
+from fsar.knowledge.errors import KnowledgeError
+from fsar.knowledge.kinds import get_kind
 from fsar.knowledge.store import KnowledgeSet, load_knowledge
 
 
-class MissingKnowledgeError(ValueError):
-    """Some classes of the split have no valid knowledge (failed or never generated)."""
+class MissingKnowledgeError(KnowledgeError):
+    """Some classes of the split have no valid knowledge (failed or never generated); a ValueError for older callers."""
 
 
 @dataclass
@@ -98,34 +96,13 @@ def _classes(dataset: str, split: str, ks: KnowledgeSet) -> list[tuple[str, str]
         return [(r["class_key"], r["class_name"]) for r in rows if split == "all" or r["split"] == split]
 
 
-def _say(message: str) -> None:
-    """What create=True is doing, on stderr (it can take minutes)."""
-    from rich.console import Console
-
-    Console(stderr=True).print(message, highlight=False)
-
-
-def _generate(dataset: str, kind: str, split: str) -> None:
-    from fsar.knowledge.generate import generate_knowledge
-
-    _say(f"[bold]{dataset} · {kind}[/]: knowledge missing for split '{split}'; generating it with the embedded LLM "
-         f"(= fsar-knowledge generate --dataset {dataset} --kind {kind} --split {split})")
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    tasks: dict[str, int] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True)) as progress:
-        generate_knowledge(
-            dataset=dataset, kinds=kind, split=split,
-            on_plan=lambda k, n: tasks.setdefault(k, progress.add_task(f"{dataset} · {k} classes", total=n)),
-            on_event=lambda e: progress.advance(tasks[e.kind]),
-        )
-
-
-def _missing(ks: KnowledgeSet, classes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def missing_classes(ks: KnowledgeSet, classes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (key, name) of ``classes`` that have no valid knowledge in ``ks`` (failed or absent)."""
     ok = {r["class_key"] for r in ks.ok}
     return [c for c in classes if c[0] not in ok]
+
+
+_missing = missing_classes
 
 
 def load_text_embeddings(
@@ -139,46 +116,33 @@ def load_text_embeddings(
 ) -> TextEmbeddings:
     """The text embeddings of ``dataset``'s ``kind`` knowledge for ``split``, in registry class order (see module doc).
 
-    ``model``: the knowledge model folder (default: the most recently updated set). ``create``: generate missing
-    knowledge (embedded LLM, slow) and embed it (fast) instead of raising FileNotFoundError.
+    ``model``: the knowledge model folder (default: the most recently updated set). ``create`` (deprecated): embed
+    stored knowledge whose embeddings are missing first; missing knowledge is made by
+    ``fsar.knowledge.pipeline.ensure_knowledge``, never here.
     """
-    get_kind(kind)
+    k = get_kind(kind)
     gen_cmd = f"fsar-knowledge generate --dataset {dataset} --kind {kind}"
-    generated = False
-    try:
-        ks = load_knowledge(dataset, kind, model)
-    except FileNotFoundError:
-        if not create or model is not None:
-            raise
-        _generate(dataset, kind, split)
-        generated = True
-        ks = load_knowledge(dataset, kind, model)
+    if create:
+        from fsar.knowledge.pipeline import ensure_embeddings
+
+        ensure_embeddings(dataset, kind, model, encoder)
+    ks = load_knowledge(dataset, kind, model)
     classes = _classes(dataset, split, ks)
     if not classes:
-        raise ValueError(f"data set '{dataset}' has no classes in split '{split}'")
-    if create and not generated and model is None and _missing(ks, classes):
-        _generate(dataset, kind, split)  # retries only the failed or absent classes
-        ks = load_knowledge(dataset, kind, ks.model)
-    missing = _missing(ks, classes)
+        raise KnowledgeError(f"data set '{dataset}' has no classes in split '{split}'")
+    missing = missing_classes(ks, classes)
     if missing and not allow_missing:
         shown = ", ".join(n for _, n in missing[:10]) + (", ..." if len(missing) > 10 else "")
         raise MissingKnowledgeError(
             f"no valid '{kind}' knowledge for {len(missing)} of {len(classes)} classes of {dataset} ({shown}); "
             f"run: {gen_cmd} to retry them, or pass allow_missing=True to use their class names instead"
         )
-    try:
-        es = load_embeddings(dataset, kind, ks.model, encoder, ks=ks)
-    except FileNotFoundError:
-        if not create:
-            raise
-        _say(f"[bold]{dataset} · {kind}[/]: embedding the knowledge of '{ks.model}' (= {embed_command(dataset, kind, encoder, ks.model)})")
-        embed_knowledge(dataset, kind, ks.model, encoder)
-        es = load_embeddings(dataset, kind, ks.model, encoder, ks=ks)
+    es = load_embeddings(dataset, kind, ks.model, encoder, ks=ks)
 
     names = encode_class_names([n for _, n in classes], encoder, es.manifest.get("name_template", NAME_TEMPLATE))  # [C, D]
     row_of = {key: i for i, (key, _) in enumerate(classes)}
     C, D = len(classes), int(es.vectors.shape[1])
-    cells: dict[str, dict[tuple[int, int], np.ndarray]] = {f: {} for f in FIELDS[kind]}
+    cells: dict[str, dict[tuple[int, int], np.ndarray]] = {f: {} for f in k.fields}
     for r, v in zip(es.rows, es.vectors):
         if r["field"] in cells and r["class_key"] in row_of:
             cells[r["field"]][(row_of[r["class_key"]], r["slot"])] = v
@@ -186,29 +150,24 @@ def load_text_embeddings(
     items: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
     fallback: dict[str, list[str]] = {}
-    for f, cell in cells.items():
-        width = 3 if kind == "lga" else max([s + 1 for _, s in cell] or [1])
+    for f, cell in cells.items():  # one slot per text: a fixed width where the kind says, else the widest class
+        width = k.widths.get(f) or max([s + 1 for _, s in cell] or [1])
         x = torch.zeros(C, width, D)
         m = torch.zeros(C, width, dtype=torch.bool)
         for (c, s), v in cell.items():
             x[c, s] = torch.from_numpy(v)
             m[c, s] = True
         items[f], masks[f] = x, m
-    if kind == "lga":  # a stage's vector: the normalised mean of its triplet and sentence vectors
-        t, s = items["triplets"], items["sentences"]
-        mt, ms = masks["triplets"].unsqueeze(-1).float(), masks["sentences"].unsqueeze(-1).float()
-        mean = (t * mt + s * ms) / (mt + ms).clamp(min=1)
-        items["stages"] = torch.nn.functional.normalize(mean, dim=-1)
-        masks["stages"] = masks["triplets"] | masks["sentences"]
+    k.pool(items, masks)  # fields made from the embedded ones (lga: stages)
     for f in items:  # no mask row without a True: the class name stands in for an empty field
         empty = ~masks[f].any(dim=1)
         if empty.any():
             items[f][empty, 0] = names[empty]
             masks[f][empty, 0] = True
             fallback[f] = [classes[i][0] for i in empty.nonzero().flatten().tolist()]
-    if kind == "star":  # one summary per class: [C, D] and [C]
-        items["summary"], masks["summary"] = items["summary"][:, 0], masks["summary"][:, 0]
-    missing_keys = {k for k, _ in missing}
+    for f in k.scalars:  # one vector per class: [C, D] and [C]
+        items[f], masks[f] = items[f][:, 0], masks[f][:, 0]
+    missing_keys = {key for key, _ in missing}
     has = torch.tensor([key not in missing_keys for key, _ in classes], dtype=torch.bool)
     info = {
         "dataset": dataset,
@@ -219,7 +178,7 @@ def load_text_embeddings(
         "encoder": es.manifest["encoder"],
         "dim": D,
         "name_template": es.manifest.get("name_template", NAME_TEMPLATE),
-        "missing": [k for k, _ in missing],
+        "missing": [key for key, _ in missing],
         "name_fallback": fallback,
         "embeddings_path": str(es.path),
     }
@@ -227,7 +186,7 @@ def load_text_embeddings(
         names=names,
         items=items,
         masks=masks,
-        class_keys=[k for k, _ in classes],
+        class_keys=[key for key, _ in classes],
         class_names=[n for _, n in classes],
         has_knowledge=has,
         fingerprint=es.manifest["fingerprint"],
@@ -235,4 +194,4 @@ def load_text_embeddings(
     )
 
 
-__all__ = ["TextEmbeddings", "MissingKnowledgeError", "load_text_embeddings", "encode_class_names", "NAME_TEMPLATE"]
+__all__ = ["TextEmbeddings", "MissingKnowledgeError", "load_text_embeddings", "encode_class_names", "missing_classes", "NAME_TEMPLATE"]

@@ -31,11 +31,11 @@ from datasets import Features, List, Value
 from fsar.data.paths import atomic_write_text, cache_root, ensure_writable
 from fsar.knowledge.cache import canonical_json, sha256_text
 from fsar.knowledge.encoders import EncoderSpec, load_encoder, normalize, resolve_encoder
-from fsar.knowledge.schemas import KINDS, STAGES, get_kind
+from fsar.knowledge.errors import KnowledgeError, KnowledgeNotFoundError
+from fsar.knowledge.kinds import get_kind
 from fsar.knowledge.store import KnowledgeSet, load_knowledge
 
 NAME_TEMPLATE = "a video of a person {name}"  # the class-name prompt (ActionCLIP-style)
-FIELDS = {"dist": ("spatial", "temporal"), "lga": ("triplets", "sentences"), "star": ("descriptors", "summary")}
 SET_FILE = "embeddings.parquet"
 MANIFEST = "manifest.json"
 COMPACT_AT = 16  # text-store shards merged into one beyond this many
@@ -174,15 +174,8 @@ def encode_texts(
 
 
 def knowledge_items(kind: str, knowledge: dict) -> list[tuple[str, int, str]]:
-    """(field, slot, text) of one class's knowledge; lga slots are stage positions, so a dropped stage leaves a gap."""
-    if kind == "lga":
-        out = []
-        for i, s in enumerate(knowledge["stages"]):
-            slot = STAGES.index(s["stage"]) if s.get("stage") in STAGES else i
-            out.append(("triplets", slot, f"{s['subject']} {s['motion']} {s['object']}"))
-            out.append(("sentences", slot, s["sentence"]))
-        return out
-    return [(f, i, t) for f, texts in KINDS[kind].texts(knowledge).items() for i, t in enumerate(texts) if t]
+    """(field, slot, text) of one class's knowledge, as its kind lays them out (lga slots are stage positions)."""
+    return get_kind(kind).items(knowledge)
 
 
 def set_dir(dataset: str, kind: str, model: str, spec: EncoderSpec) -> Path:
@@ -220,10 +213,10 @@ class EmbedResult:
 def _check_nonempty(ks: KnowledgeSet) -> None:
     cmd = f"fsar-knowledge generate --dataset {ks.dataset} --kind {ks.kind}"
     if len(ks.rows) == 0:
-        raise ValueError(f"knowledge set {ks.dataset}/{ks.kind}/{ks.model} is empty (0 classes); run: {cmd}")
+        raise KnowledgeError(f"knowledge set {ks.dataset}/{ks.kind}/{ks.model} is empty (0 classes); run: {cmd}")
     if not ks.ok:
         names = ", ".join(r["class_name"] for r in ks.failed[:8])
-        raise ValueError(f"knowledge set {ks.dataset}/{ks.kind}/{ks.model} has no valid class ({len(ks.failed)} failed: {names}); run again to retry them: {cmd}")
+        raise KnowledgeError(f"knowledge set {ks.dataset}/{ks.kind}/{ks.model} has no valid class ({len(ks.failed)} failed: {names}); run again to retry them: {cmd}")
 
 
 def embed_knowledge(
@@ -342,10 +335,10 @@ def load_embeddings(dataset: str, kind: str, model: str | None = None, encoder: 
     folder = set_dir(dataset, kind, ks.model, spec)
     cmd = embed_command(dataset, kind, encoder, model)
     if not (folder / MANIFEST).is_file() or not (folder / SET_FILE).is_file():
-        raise FileNotFoundError(f"no embeddings of {dataset}/{kind}/{ks.model} with encoder {spec.id}; run: {cmd}")
+        raise KnowledgeNotFoundError(f"no embeddings of {dataset}/{kind}/{ks.model} with encoder {spec.id}; run: {cmd}")
     es = read_set(folder)
     if es.manifest.get("knowledge_fingerprint") != ks.fingerprint or es.manifest.get("set_key") != _set_key(ks, spec, es.manifest.get("name_template", NAME_TEMPLATE)):
-        raise FileNotFoundError(f"the embeddings of {dataset}/{kind}/{ks.model} are out of date (the knowledge changed since); run: {cmd}")
+        raise KnowledgeNotFoundError(f"the embeddings of {dataset}/{kind}/{ks.model} are out of date (the knowledge changed since); run: {cmd}")
     return es
 
 

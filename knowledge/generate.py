@@ -22,7 +22,7 @@ from fsar.data.registry import ClassInfo, DatasetInfo, get_dataset, load_class_f
 from fsar.knowledge.backends import Backend, Sampling, make_backend
 from fsar.knowledge.cache import ResponseCache, canonical_json, request_key, sha256_text
 from fsar.knowledge.prompting import render_prompt, template_hash
-from fsar.knowledge.schemas import KnowledgeKind, parse_kinds
+from fsar.knowledge.kinds import KnowledgeKind, parse_kinds
 from fsar.knowledge.store import KnowledgeSet, knowledge_dir, load_knowledge, merge_knowledge
 from fsar.knowledge.validate import InvalidAnswer, validate_answer
 
@@ -151,7 +151,7 @@ class Generator:
     async def run_class(self, kind: KnowledgeKind, cls: ClassInfo, previous: dict | None, summary: KindSummary) -> dict:
         schema = kind.schema(action=cls.name, **self.opts.counts)
         schema_json = _schema_json(schema)
-        counts = {**kind.default_counts, **{k: v for k, v in self.opts.counts.items() if k in kind.default_counts}}
+        counts = kind.counts(self.opts.counts)
         # a class that failed before continues with new attempt numbers (new seeds), so it is really retried
         first = 0 if self.opts.force or previous is None or previous.get("status") == "ok" else int(
             (previous.get("provenance") or {}).get("attempts") or 0
@@ -161,7 +161,7 @@ class Generator:
         error: str | None = None
         knowledge = None
         for attempt in range(self.opts.max_attempts):
-            prompt = render_prompt(kind.name, cls.name, counts, error)
+            prompt = render_prompt(kind, cls.name, counts, error)
             sampling = Sampling(**{**self.opts.sampling(), "seed": self.opts.seed + first + attempt})
             text, key, response = await self._ask(prompt, schema_json, sampling, summary)
             raw.append(text)
@@ -192,8 +192,8 @@ class Generator:
                 "backend": self.backend.name,
                 "model": self.backend.model,
                 "model_id": self.model_id,
-                "template": f"{kind.name}.jinja",
-                "template_hash": template_hash(kind.name),
+                "template": kind.template,
+                "template_hash": template_hash(kind),
                 "schema_hash": schema_hash(kind, self.opts.counts),
                 **self.opts.sampling(),
                 "concurrency": self.backend.concurrency,  # batched decoding can round differently (llamacpp)
@@ -211,7 +211,7 @@ class Generator:
     async def run_kind(self, dataset: str, kind: KnowledgeKind, classes: list[ClassInfo], on_plan: Callable[[str, int], None] | None = None) -> KindSummary:
         """Generate one kind for the classes; returns what happened. The store always holds every finished class."""
         start = time.perf_counter()
-        t_hash = template_hash(kind.name)
+        t_hash = template_hash(kind)
         s_hash = schema_hash(kind, self.opts.counts)
         model = self.backend.slug
         summary = KindSummary(dataset=dataset, kind=kind.name, model=model, classes=len(classes))
@@ -307,9 +307,9 @@ def dry_run_prompts(dataset: str | None, kinds: str, split: str = "all", classes
     """Yield (kind, class, first prompt) without calling any LLM."""
     info, classes = resolve_classes(dataset, classes_file, split, limit)
     for kind in parse_kinds(kinds):
-        c = {**kind.default_counts, **{k: v for k, v in (counts or {}).items() if k in kind.default_counts}}
+        c = kind.counts(counts)
         for cls in classes:
-            yield kind.name, cls, render_prompt(kind.name, cls.name, c)
+            yield kind.name, cls, render_prompt(kind, cls.name, c)
 
 
 __all__ = ["GenerateOptions", "KindSummary", "ClassEvent", "generate_knowledge", "dry_run_prompts", "resolve_classes", "KnowledgeSet"]

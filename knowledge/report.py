@@ -31,12 +31,9 @@ from fsar.data.paths import atomic_write_bytes, atomic_write_text, cache_root
 from fsar.knowledge.cache import canonical_json
 from fsar.knowledge.embed import _check_nonempty, embed_knowledge, load_embeddings
 from fsar.knowledge.encoders import normalize
-from fsar.knowledge.schemas import STAGES, get_kind
+from fsar.knowledge.kinds import get_kind
 from fsar.knowledge.store import KnowledgeSet, load_knowledge, save_knowledge
 from fsar.knowledge.validate import normalize as normalize_text
-
-UNIT_FIELDS = {"dist": ("spatial", "temporal"), "lga": ("stages",), "star": ("descriptors", "summary")}
-
 
 @dataclass
 class Thresholds:
@@ -67,24 +64,8 @@ class Report:
 
 
 def _units(kind: str, es, row_of: dict[str, int]) -> list[dict]:
-    """The report's items from an embedding set: one per attribute / stage / descriptor / summary."""
-    units: list[dict] = []
-    if kind == "lga":
-        parts: dict[tuple[str, int], dict] = {}
-        for r, v in zip(es.rows, es.vectors):
-            if r["field"] in ("triplets", "sentences"):
-                parts.setdefault((r["class_key"], r["slot"]), {})[r["field"]] = (r["text"], v)
-        for (key, slot), p in sorted(parts.items(), key=lambda kv: (row_of[kv[0][0]], kv[0][1])):
-            vecs = [p[f][1] for f in ("triplets", "sentences") if f in p]
-            text = " | ".join(p[f][0] for f in ("triplets", "sentences") if f in p)
-            units.append({"class_key": key, "field": "stages", "slot": slot, "text": text,
-                          "vec": normalize(np.mean(vecs, axis=0)), "droppable": True})
-        return units
-    for r, v in zip(es.rows, es.vectors):
-        if r["field"] in UNIT_FIELDS[kind]:
-            units.append({"class_key": r["class_key"], "field": r["field"], "slot": r["slot"], "text": r["text"], "vec": v,
-                          "droppable": r["field"] != "summary"})
-    return units
+    """The report's items from an embedding set, as the kind defines them (``KnowledgeKind.report_units``)."""
+    return get_kind(kind).report_units(es.rows, es.vectors, row_of)
 
 
 def build_report(dataset: str, kind: str, model: str | None = None, encoder: str | None = None,
@@ -320,7 +301,9 @@ def filter_knowledge(rep: Report, out_model: str | None = None) -> KnowledgeSet:
         if it["drop"]:
             drop.setdefault(it["class_key"], {})[(it["field"], it["slot"])] = it["reasons"]
     base = {"thresholds": d["thresholds"], "source_model": ks.model, "source_fingerprint": d["knowledge_fingerprint"], "encoder": d["encoder"]}
+    kind = get_kind(ks.kind)
     n_items = {c["key"]: c["items"] for c in d["classes"]}
+    n_kept = Counter(it["class_key"] for it in d["items"] if it["field"] in kind.kept_fields)  # never droppable
     text_of = {(it["class_key"], it["field"], it["slot"]): it["text"] for it in d["items"]}
     rows = []
     for r in ks.rows:
@@ -331,14 +314,8 @@ def filter_knowledge(rep: Report, out_model: str | None = None) -> KnowledgeSet:
         prov["filter"] = canonical_json({**base, "dropped": dropped})
         r["provenance"] = prov
         if r["status"] == "ok" and gone:
-            k = r["knowledge"]
-            if ks.kind == "dist":
-                k = {f: [t for i, t in enumerate(k[f]) if (f, i) not in gone] for f in ("spatial", "temporal")}
-            elif ks.kind == "lga":
-                k = {"stages": [s for i, s in enumerate(k["stages"]) if ("stages", STAGES.index(s["stage"]) if s["stage"] in STAGES else i) not in gone]}
-            else:
-                k = {"descriptors": [t for i, t in enumerate(k["descriptors"]) if ("descriptors", i) not in gone], "summary": k["summary"]}
-            droppable = n_items[r["class_key"]] - (1 if ks.kind == "star" else 0)
+            k = kind.drop(r["knowledge"], set(gone))
+            droppable = n_items[r["class_key"]] - n_kept.get(r["class_key"], 0)
             if len(gone) >= droppable:
                 r["status"], r["knowledge"] = "failed", None
                 r["errors"] = list(r["errors"]) + [f"filter: all {droppable} items fell below the thresholds ({', '.join(sorted({w for v in gone.values() for w in v}))})"]

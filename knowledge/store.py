@@ -28,28 +28,13 @@ from filelock import FileLock, Timeout
 
 from fsar.data.paths import atomic_write_text, cache_root, check_name
 from fsar.knowledge.cache import canonical_json, sha256_text
-from fsar.knowledge.schemas import KINDS, KnowledgeKind
+from fsar.knowledge.errors import KnowledgeNotFoundError
+from fsar.knowledge.kinds import KnowledgeKind, get_kind
 
 FILE = "knowledge.parquet"
 MANIFEST = "manifest.json"
 LOCK = ".knowledge.lock"
 META_KEY = b"fsar"  # Parquet schema metadata: the manifest, published atomically with the rows
-
-_KNOWLEDGE_FEATURES = {
-    "dist": {"spatial": List(Value("string")), "temporal": List(Value("string"))},
-    "lga": {
-        "stages": List(
-            {
-                "stage": Value("string"),
-                "subject": Value("string"),
-                "motion": Value("string"),
-                "object": Value("string"),
-                "sentence": Value("string"),
-            }
-        )
-    },
-    "star": {"descriptors": List(Value("string")), "summary": Value("string")},
-}
 
 PROVENANCE_FEATURES = {
     "backend": Value("string"),
@@ -78,6 +63,7 @@ PROVENANCE_FEATURES = {
 
 
 def features(kind: str) -> Features:
+    """The typed columns of a stored set; the ``knowledge`` column's are the kind's own."""
     return Features(
         {
             "class_key": Value("string"),
@@ -85,7 +71,7 @@ def features(kind: str) -> Features:
             "split": Value("string"),
             "index": Value("int64"),
             "status": Value("string"),  # "ok" or "failed"
-            "knowledge": _KNOWLEDGE_FEATURES[kind],
+            "knowledge": get_kind(kind).features(),
             "raw_outputs": List(Value("string")),
             "errors": List(Value("string")),
             "provenance": PROVENANCE_FEATURES,
@@ -128,7 +114,7 @@ class KnowledgeSet:
         return fingerprint(self.rows, self.kind)
 
     def texts(self, row: dict) -> dict[str, list[str]]:
-        return KINDS[self.kind].texts(row["knowledge"])
+        return get_kind(self.kind).texts(row["knowledge"])
 
 
 def fingerprint(rows, kind: str) -> str:
@@ -184,7 +170,7 @@ def _manifest(dataset: str, kind: str, model: str, rows: list[dict]) -> dict:
 def _write(dataset: str, kind: str, model: str, rows: list[dict]) -> KnowledgeSet:
     """Write a whole set: Parquet (with the manifest in its metadata) by one atomic rename, then manifest.json.
     The caller holds the set's lock."""
-    k = KINDS[kind]
+    k = get_kind(kind)
     rows = sorted((_normalize_row(r, k) for r in rows), key=lambda r: r["index"])
     feats = features(kind)
     ds = datasets.Dataset.from_list(rows, features=feats) if rows else datasets.Dataset.from_dict({k: [] for k in feats}, features=feats)
@@ -234,21 +220,21 @@ def merge_knowledge(
 def load_knowledge(dataset: str, kind: str, model: str | None = None) -> KnowledgeSet:
     """Load a stored knowledge set; with no model, the most recently updated one that is not a derived copy
     (a ``<model>.filtered`` set from ``fsar-knowledge report --filter`` or a ``<model>.contrast`` set from
-    ``generate --contrast`` is used only when named, or when it is all there is). Raises FileNotFoundError with the
-    command that makes it.
+    ``generate --contrast`` is used only when named, or when it is all there is). A missing set raises
+    ``KnowledgeNotFoundError`` (a FileNotFoundError) naming the command that makes it.
     """
     base = cache_root() / "knowledge" / check_name(dataset, "--dataset") / check_name(kind, "--kind")
     if model is None:
         found = sorted(base.glob(f"*/{FILE}"), key=lambda p: (not p.parent.name.endswith((".filtered", ".contrast")), p.stat().st_mtime))
         if not found:
-            raise FileNotFoundError(
+            raise KnowledgeNotFoundError(
                 f"no '{kind}' knowledge for dataset '{dataset}' in {cache_root()}; "
                 f"run: fsar-knowledge generate --dataset {dataset} --kind {kind}"
             )
         model = found[-1].parent.name
     path = knowledge_dir(dataset, kind, model) / FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise KnowledgeNotFoundError(
             f"no '{kind}' knowledge for dataset '{dataset}' from model '{model}'; "
             f"run: fsar-knowledge generate --dataset {dataset} --kind {kind}"
         )

@@ -14,9 +14,12 @@ import re
 from functools import lru_cache
 from importlib import resources
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ValidationError
 
-from fsar.knowledge.schemas import STAGES, KnowledgeKind
+if TYPE_CHECKING:
+    from fsar.knowledge.kinds import KnowledgeKind
 
 # words that carry no content when comparing an item with a class name
 _STOP = set(
@@ -158,8 +161,13 @@ def glued_word(text: str, extra: frozenset[str] = frozenset()) -> str | None:
 
 @lru_cache(maxsize=None)
 def example_items(kind: str) -> frozenset[str]:
-    """Every text of the kind's worked examples, normalised (an answer may not copy them)."""
-    examples = json.loads((resources.files("fsar.prompts") / "examples.json").read_text())[kind]
+    """Every text of the kind's worked examples (or the contrast prompt's), normalised (an answer may not copy them)."""
+    from fsar.knowledge.kinds import KINDS, get_kind
+
+    if kind in KINDS:
+        examples = get_kind(kind).examples()
+    else:
+        examples = json.loads((resources.files("fsar.prompts") / "examples.json").read_text())[kind]
     items: set[str] = set()
 
     def walk(x):
@@ -198,7 +206,7 @@ def _pydantic_reason(err: ValidationError) -> str:
     return f"{where}: {first['msg'].lower()}"
 
 
-def _check_item(label: str, text: str, class_name: str, kind: str, words: tuple[int, int], objects_allowed: bool = False,
+def check_item(label: str, text: str, class_name: str, kind: str, words: tuple[int, int], objects_allowed: bool = False,
                 phrase: bool = False, ends: bool = True) -> None:
     """One item's checks; ``objects_allowed``: a spatial attribute (may name an object of the action); ``phrase``:
     a phrase rather than a sentence; ``ends``: the item must not end on a word like "the" or "of"."""
@@ -244,7 +252,7 @@ def _near_duplicate(a: str, b: str) -> bool:
     return min(len(sa), len(sb)) >= 4 and len(sa & sb) / len(sa | sb) >= 0.8
 
 
-def _check_unique(label: str, items: list[str]) -> None:
+def check_unique(label: str, items: list[str]) -> None:
     for i, item in enumerate(items, 1):
         for j in range(1, i):
             if _near_duplicate(item, items[j - 1]):
@@ -255,46 +263,15 @@ def _check_unique(label: str, items: list[str]) -> None:
 
 
 def validate_answer(kind: KnowledgeKind, schema: type[BaseModel], class_name: str, text: str) -> dict:
-    """Parse and check one answer for ``class_name``; return the knowledge dict or raise InvalidAnswer."""
+    """Parse and check one answer for ``class_name``: JSON, the schema, the kind's checks; return the knowledge dict
+    or raise InvalidAnswer."""
     obj = parse_json(text)
-    if kind.name == "lga" and isinstance(obj.get("stages"), list):  # a clearer message than the schema's
-        order = [s.get("stage") if isinstance(s, dict) else None for s in obj["stages"]]
-        if len(order) == 3 and set(order) <= set(STAGES) and order != list(STAGES):
-            raise InvalidAnswer(f"stages are {', '.join(map(str, order))}; they must be onset, progression, completion in that order")
+    kind.precheck(obj)
     try:
         knowledge = kind.knowledge_of(schema.model_validate(obj).model_dump())
     except ValidationError as e:
         raise InvalidAnswer(_pydantic_reason(e)) from None
-
-    if kind.name == "dist":
-        for field in ("spatial", "temporal"):
-            for i, item in enumerate(knowledge[field], 1):
-                _check_item(f"{field} item {i}", item, class_name, kind.name, PHRASE_WORDS, objects_allowed=field == "spatial", phrase=True)
-            _check_unique(f"{field} item", knowledge[field])
-        _check_unique("attribute", knowledge["spatial"] + knowledge["temporal"])
-    elif kind.name == "lga":
-        stages = knowledge["stages"]
-        for s in stages:
-            for part in ("subject", "motion", "object"):
-                if not re.search(r"[a-zA-Z]", s[part]):
-                    raise InvalidAnswer(f'{s["stage"]} {part} "{s[part]}" is not a word')
-                # a motion may end on its preposition ("sinks into" + "water"); a subject or object may not
-                last = dangling_word(s[part], phrase=True) if part != "motion" else None
-                if last:
-                    raise InvalidAnswer(
-                        f'{s["stage"]} {part} "{s[part]}" ends mid-thought on "{last}"; finish it',
-                        "a subject or object stopped mid-thought on a word like 'of' or 'the'; end it on its noun",
-                    )
-            triplet = f"{s['subject']} {s['motion']} {s['object']}"
-            _check_item(f"{s['stage']} triplet", triplet, class_name, kind.name, (2, 16), ends=False)
-            _check_item(f"{s['stage']} sentence", s["sentence"], class_name, kind.name, SENTENCE_WORDS)
-        _check_unique("stage sentence", [s["sentence"] for s in stages])
-        _check_unique("stage triplet", [f"{s['subject']} {s['motion']} {s['object']}" for s in stages])
-    elif kind.name == "star":
-        for i, item in enumerate(knowledge["descriptors"], 1):
-            _check_item(f"descriptor {i}", item, class_name, kind.name, SENTENCE_WORDS)
-        _check_item("summary", knowledge["summary"], class_name, kind.name, SENTENCE_WORDS)
-        _check_unique("descriptor", knowledge["descriptors"] + [knowledge["summary"]])
+    kind.check(knowledge, class_name)
     return knowledge
 
 
@@ -314,7 +291,7 @@ def validate_contrast(schema: type[BaseModel], first: str, second: str, text: st
         for field, texts in items.items():
             for i, item in enumerate(texts, 1):
                 label = f"{side} {field} item {i}"
-                _check_item(label, item, name, "contrast", PHRASE_WORDS, objects_allowed=field == "seen", phrase=True)
+                check_item(label, item, name, "contrast", PHRASE_WORDS, objects_allowed=field == "seen", phrase=True)
                 if repeats_name(item, other, objects_allowed=field == "seen"):
                     raise InvalidAnswer(
                         f'{label} "{item}" names the other action, "{other}"',
@@ -326,7 +303,7 @@ def validate_contrast(schema: type[BaseModel], first: str, second: str, text: st
                             f'{label} "{item}" is already in the knowledge of "{name}"; say what differs',
                             "an item repeated what was already known; say what tells the two actions apart",
                         )
-        _check_unique(f"{side} item", items["seen"] + items["motion"])
+        check_unique(f"{side} item", items["seen"] + items["motion"])
         out[side] = items
     for a in out["first"]["seen"] + out["first"]["motion"]:
         for b in out["second"]["seen"] + out["second"]["motion"]:
@@ -339,3 +316,6 @@ def validate_contrast(schema: type[BaseModel], first: str, second: str, text: st
                     "an item was said of both actions; every item must hold for one action only",
                 )
     return out
+
+
+_check_item, _check_unique = check_item, check_unique  # the older private names
