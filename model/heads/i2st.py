@@ -127,6 +127,8 @@ class JointAttention(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim), nn.Dropout(dropout))
 
     def forward(self, img: Tensor, ins: Tensor | None, pos: Tensor) -> Tensor:
+        # our choice: pre-norm attention with residuals around it (the paper writes FFN(MHA(img) + MHA(ins)) and a
+        # residual around the FFN only), fixed positions added to the attention inputs
         a = self.norm_img(img + pos)
         if ins is None:
             h = img + self.attn_img(a, a, a, need_weights=False)[0]
@@ -269,10 +271,12 @@ class I2STHead(Head):
         if not bool(has.any()):
             return ins.new_zeros(())
         pred = torch.sigmoid(self.decode(ins[has]))  # [V', T, S, S]: the decoder runs on the videos with a mask only
+        # our choice: the mean over every pixel of every frame of those videos (the paper sums a d_L2 over videos)
         return self.mask_weight * (pred - masks[has].to(pred.dtype)).pow(2).mean()
 
     def contrastive_loss(self, q_glob: Tensor, s_local: Tensor, labels: Tensor) -> Tensor:
         """InfoNCE of query global tokens [E, Q, D] against class prototypes (mean local prototype) [E, N, T, D]."""
+        # our choice (the paper only cites it): MoLo's global-to-local contrast, the global token against classes
         classes = F.normalize(s_local.mean(dim=2), dim=-1)
         sims = torch.einsum("eqd,end->eqn", F.normalize(q_glob, dim=-1), classes) / self.temperature
         return self.contrastive * F.cross_entropy(rearrange(sims, "e q n -> (e q) n"), labels.flatten().to(sims.device))
@@ -297,6 +301,7 @@ class I2STHead(Head):
         q_glob = rearrange(glob[e * n * k:], "(e q) d -> e q d", e=e)
         q_local = rearrange(local[e * n * k:], "(e q) t d -> e q t d", e=e)
 
+        # our choice: two distances on one scale, 0.5 Bi-MHM (mean form) and 1 - cos, both in [0, 2], mixed by w
         dist = 0.0
         if self.global_weight < 1.0:
             dist = dist + (1.0 - self.global_weight) * 0.5 * bimhm_distance(episode_frame_distance(q_local, s_local))
