@@ -6,79 +6,24 @@ and the same per-episode accuracies (a test checks it), the first one many times
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from fsar.model.batch import EpisodeBatch
 from fsar.model.features import ClipLoader, cached_features
 from fsar.model.fewshot import FewShotModel, TextBank
 from fsar.model.results import summarize
-
-
-@dataclass
-class Episodes:
-    """Episodes as index arrays into a list of records; support sorted by the episode's class order."""
-
-    support: Tensor  # [E, N, K] record indices
-    query: Tensor  # [E, Q] record indices
-    query_labels: Tensor  # [E, Q] in 0..N-1
-    classes: Tensor  # [E, N] record labels of the episode's classes
-    first: int = 0  # index of the first episode (for training shards)
-
-    def __len__(self) -> int:
-        return int(self.support.shape[0])
-
-    def slice(self, start: int, stop: int) -> "Episodes":
-        return Episodes(self.support[start:stop], self.query[start:stop], self.query_labels[start:stop],
-                        self.classes[start:stop], self.first + start)
-
-
-def make_sampler(labels: Sequence[int], way: int, shot: int, query: int, seed: int, num_episodes: int,
-                 rank: int = 0, world_size: int = 1):
-    """The data area's seeded EpisodeSampler over these labels."""
-    from fsar.data.episodes import EpisodeSampler
-
-    return EpisodeSampler(list(labels), way=way, shot=shot, query=query, seed=seed, num_episodes=num_episodes,
-                          rank=rank, world_size=world_size)
-
-
-def episode_arrays(ep, shot: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One sampler Episode -> (support [N, K], query [Q], query_labels [Q], classes [N]) with support sorted by class."""
-    classes = torch.as_tensor(list(ep.classes), dtype=torch.long)
-    support = torch.as_tensor(list(ep.support), dtype=torch.long)
-    s_labels = torch.as_tensor(list(ep.support_labels), dtype=torch.long)
-    q_labels = torch.as_tensor(list(ep.query_labels), dtype=torch.long)
-    n = len(classes)  # labels are episode-local (0..N-1), support class-major; the sort makes sure of the order
-    order = torch.sort(s_labels, stable=True).indices  # class 0's K videos first, then class 1's ...
-    return support[order].view(n, shot), torch.as_tensor(list(ep.query), dtype=torch.long), q_labels, classes
-
-
-def sample_episodes(labels: Sequence[int], way: int, shot: int, query: int, seed: int, num_episodes: int,
-                    rank: int = 0, world_size: int = 1, start: int = 0, stop: int | None = None) -> Episodes:
-    """Episodes ``start..stop`` of the seeded sampler as index arrays (indices point into ``labels``' records)."""
-    sampler = make_sampler(labels, way, shot, query, seed, num_episodes, rank, world_size)
-    stop = num_episodes if stop is None else stop
-    parts = [episode_arrays(sampler.episode(i), shot) for i in range(start, stop)]
-    support, q, ql, cls = (torch.stack(x) for x in zip(*parts))
-    return Episodes(support, q, ql, cls, first=start)
-
-
-def label_lut(bank: TextBank, records: Sequence) -> Tensor:
-    """Lookup table record label -> row of the text bank (-1 for labels not in ``records``)."""
-    key_of = {r.label: r.class_key for r in records}
-    labels = sorted(key_of)
-    lut = torch.full((max(labels) + 1,), -1, dtype=torch.long)
-    lut[torch.tensor(labels)] = bank.rows([key_of[label] for label in labels])
-    return lut
-
-
-def text_rows(bank: TextBank | None, records: Sequence, classes: Tensor) -> Tensor | None:
-    """Rows of the text bank for each episode class: classes [E, N] of record labels -> [E, N]."""
-    if bank is None:
-        return None
-    return label_lut(bank, records)[classes]
+from fsar.model.source import (  # noqa: F401 (Episodes, label_lut, sample_episodes: importable from here too)
+    Episodes,
+    EpisodeSource,
+    episode_arrays,
+    label_lut,
+    make_sampler,
+    sample_episodes,
+)
 
 
 @dataclass
@@ -96,17 +41,14 @@ def run_episodes(model: FewShotModel, feats: Tensor, episodes: Episodes, bank: T
                  amp: bool = False) -> Tensor:
     """Per-episode accuracies [E] from cached features [V, T, ...] (rows of ``feats`` = record indices)."""
     model.eval()
-    rows = text_rows(bank, records, episodes.classes) if bank is not None else None
+    source = EpisodeSource(records, bank, device)
     if model.adapter is not None:  # adapt every video once, not once per episode it appears in
         feats = torch.cat([model.adapt(feats[s : s + 256].to(device)).cpu() for s in range(0, len(feats), 256)])
     accs = []
     for s in range(0, len(episodes), batch):
         ep = episodes.slice(s, s + batch)
-        support = feats[ep.support].to(device)
-        query = feats[ep.query].to(device)
-        text = bank.gather(rows[s : s + batch], device) if rows is not None else None
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and torch.device(device).type == "cuda"):
-            out = model(support, query, text, features=True, adapted=True)
+            out = model(source.from_features(feats, ep), features=True, adapted=True)
         pred = out.logits.float().argmax(dim=-1).cpu()
         accs.append((pred == ep.query_labels).float().mean(dim=-1))
     return torch.cat(accs)
@@ -145,15 +87,13 @@ def evaluate_per_episode(model: FewShotModel, records: Sequence, way: int, shot:
     model.eval()
     loader = ClipLoader(records, num_frames, size, model.backbone.norm, frame_cache=frame_cache)
     sampler = make_sampler([r.label for r in records], way, shot, query, seed, episodes)
+    source = EpisodeSource(records, bank, device)
     accs = []
     for i in track(range(episodes), "per-episode eval", enabled=progress):
         support, q, ql, classes = episode_arrays(sampler.episode(i), shot)
         s_clips = loader.test_clips(support.flatten().tolist()).unflatten(0, tuple(support.shape))
         q_clips = loader.test_clips(q.tolist())
-        text = None
-        if bank is not None:
-            text = bank.gather(text_rows(bank, records, classes[None]), device)
-        out = model(s_clips[None].to(device), q_clips[None].to(device), text)
+        out = model(EpisodeBatch(s_clips[None].to(device), q_clips[None].to(device), text=source.text(classes[None])))
         accs.append((out.logits[0].argmax(dim=-1).cpu() == ql).float().mean())
     accs = torch.stack(accs)
     mean, ci = summarize(accs)

@@ -1,4 +1,9 @@
-"""A few-shot model = backbone + head, and the text bank that hands a head its episode's class texts."""
+"""A few-shot model = backbone + head, and the text bank that hands a head its episode's class texts.
+
+``TextBank`` is the run-side view of the stage-1 contract's ``fsar.knowledge.contract.TextEmbeddings``: the same
+tensors with one row per class of the data set (class-name embeddings alone, or names plus a knowledge kind's
+items and masks), gathered per episode by ``fsar.model.source``.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +16,7 @@ from torch import Tensor, nn
 
 from fsar.model.adapter import FrameAdapter, pool_grid
 from fsar.model.backbones import Backbone
+from fsar.model.batch import EpisodeBatch
 from fsar.model.registry import Head, HeadOutput
 
 
@@ -57,22 +63,14 @@ class FewShotModel(nn.Module):
         """Backbone features -> what the head reads (the adapter's output; unchanged without an adapter)."""
         return self.adapter(feats) if self.adapter is not None else feats
 
-    def forward(
-        self,
-        support: Tensor,
-        query: Tensor,
-        text: dict[str, Tensor] | None = None,
-        query_labels: Tensor | None = None,
-        features: bool = False,
-        class_labels: tuple[Tensor, Tensor] | None = None,
-        adapted: bool = False,
-    ) -> HeadOutput:
-        """Score episodes. support [E, N, K, T, ...], query [E, Q, T, ...]: clips [.., 3, H, W] or, with
-        ``features=True``, already encoded features (the cached path). Returns the head's HeadOutput.
+    def forward(self, batch: EpisodeBatch, features: bool = False, adapted: bool = False) -> HeadOutput:
+        """Score a batch of episodes: the head's output, plus the weighted class loss (``aux_losses["class"]``) when
+        the model has a classifier and the batch carries training-class labels.
 
-        ``class_labels`` = (support [E, N, K], query [E, Q]) global training-class indices: adds the classification
-        loss (training only). ``adapted=True``: the features already went through ``adapt`` (evaluation adapts
-        every video once instead of once per episode)."""
+        ``batch.support`` [E, N, K, T, ...] and ``batch.query`` [E, Q, T, ...] are clips [.., 3, H, W] or, with
+        ``features=True``, already encoded features (the cached path); ``adapted=True``: the features already went
+        through ``adapt`` (evaluation adapts every video once instead of once per episode)."""
+        support, query = batch.support, batch.query
         if not features:
             e, n, k = support.shape[:3]
             q = query.shape[1]
@@ -81,10 +79,18 @@ class FewShotModel(nn.Module):
             query = feats[e * n * k :].unflatten(0, (e, q))
         if not adapted:
             support, query = self.adapt(support), self.adapt(query)
-        out = self.head(support.float(), query.float(), text, query_labels)
-        if self.classifier is not None and class_labels is not None:
-            out.aux_losses["class"] = self.class_loss * self.classification_loss(support, query, *class_labels)
+        out = self.head(batch.with_features(support.float(), query.float()))
+        if self.classifier is not None and batch.class_labels is not None:
+            out.aux_losses["class"] = self.class_loss * self.classification_loss(support, query, *batch.class_labels)
         return out
+
+    def loss(self, out: HeadOutput, batch: EpisodeBatch) -> Tensor:
+        """What training minimises: the head's own loss (``Head.loss``) plus the class loss the model added."""
+        head_out = HeadOutput(out.logits, {k: v for k, v in out.aux_losses.items() if k != "class"})
+        loss = self.head.loss(head_out, batch)
+        if "class" in out.aux_losses:
+            loss = loss + out.aux_losses["class"].float()
+        return loss
 
     def classification_loss(self, support: Tensor, query: Tensor, support_labels: Tensor, query_labels: Tensor) -> Tensor:
         """Cross-entropy over the training classes of each video's frame-averaged global feature."""

@@ -25,7 +25,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fsar.model.backbones import state_fingerprint
@@ -44,20 +43,12 @@ from fsar.model.checkpoint import (
 from fsar.model.config import ConfigError, TrainConfig
 from fsar.model.distributed import all_true, barrier, dist_env, gather, init_process_group, pick_device, sync_buffers
 from fsar.model.evaluation import evaluate_checkpoint, result_payload
-from fsar.model.evaluator import (
-    Episodes,
-    EvalResult,
-    episode_arrays,
-    evaluate_cached,
-    label_lut,
-    make_sampler,
-    run_episodes,
-    sample_episodes,
-)
+from fsar.model.evaluator import EvalResult, evaluate_cached, run_episodes
 from fsar.model.features import ClipLoader, cached_features, derived_seed
 from fsar.model.progress import TrainProgress
 from fsar.model.registry import get_method
 from fsar.model.results import format_accuracy, plot_training, summarize, write_json
+from fsar.model.source import TrainingSource, make_sampler, sample_episodes
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "Trainer", "TrainingDiverged", "evaluate_checkpoint", "features_dir",
            "load_checkpoint", "train"]
@@ -126,10 +117,8 @@ class Trainer:
         check_fits(self.records["train"], cfg.way, cfg.shot, cfg.query, "train")
         check_fits(self.records["val"], cfg.way, cfg.test_shot, 1, "val")
         self.bank = load_bank(cfg)
-        train_labels = sorted({r.label for r in self.records["train"]})
-        self.class_lut = torch.full((max(train_labels) + 1,), -1, dtype=torch.long)
-        self.class_lut[torch.tensor(train_labels)] = torch.arange(len(train_labels))
-        self.model = build_model(cfg, self.bank, backbone_config, num_classes=len(train_labels)).to(self.device)
+        num_classes = len({r.label for r in self.records["train"]})
+        self.model = build_model(cfg, self.bank, backbone_config, num_classes=num_classes).to(self.device)
         self.use_cache = self.model.backbone.frozen  # fixed backbone: encode every video once
         torch.manual_seed(derived_seed(cfg.seed, 11, self.rank))  # dropout etc.; restored on resume
 
@@ -149,9 +138,10 @@ class Trainer:
         self.train_loader = ClipLoader(self.records["train"], cfg.frames, cfg.size, self.model.backbone.norm,
                                        cfg.view_seed if self.use_cache else cfg.seed,
                                        frame_cache=cfg.frame_cache and not self.use_cache, progress=cfg.progress and self.main)
-        self.sampler = make_sampler([r.label for r in self.records["train"]], cfg.way, cfg.shot, cfg.query, cfg.seed,
-                                    self.total_steps * self.per_step)
-        self.train_lut = label_lut(self.bank, self.records["train"]) if self.bank is not None else None
+        sampler = make_sampler([r.label for r in self.records["train"]], cfg.way, cfg.shot, cfg.query, cfg.seed,
+                               self.total_steps * self.per_step)
+        self.source = TrainingSource(self.records["train"], self.bank, self.device, self.train_loader, sampler, cfg.shot,
+                                     cfg.seed, self.rank, self.world, masks=self.model.head.needs_masks)
         self.val_feats, self.val_loader = None, None
 
     # ---------------------------------------------------------------- the loop
@@ -165,7 +155,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "config.json", asdict(cfg))
         if self.use_cache:
-            self.train_feats = self._train_views()
+            self.source.views = self._train_views()
         stop = min(cfg.stop_at if cfg.stop_at is not None else cfg.episodes, cfg.episodes)
         self.model.train()
         progress = TrainProgress(cfg.progress and self.main, cfg.episodes, self.episode, cfg.method)
@@ -178,17 +168,14 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss_sum, acc_sum, class_sum = 0.0, 0.0, 0.0
                 for a in range(cfg.accum):
-                    eps = self._episodes(self.episode + a * cfg.batch * self.world, cfg.batch * self.world)
-                    support, query, labels, text, class_labels = self._inputs(eps)
+                    batch = self.source.batch(self.source.episodes(self.episode + a * cfg.batch * self.world,
+                                                                   cfg.batch * self.world))
                     sync = a == cfg.accum - 1 or self.world == 1
                     ctx = self.ddp.no_sync() if (self.world > 1 and not sync) else contextlib.nullcontext()
                     with ctx:
                         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                            out = self.ddp(support, query, text, labels, features=self.use_cache, class_labels=class_labels)
-                            logits = out.logits.float()
-                            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
-                            for aux in out.aux_losses.values():
-                                loss = loss + aux.float()
+                            out = self.ddp(batch, features=self.use_cache)
+                            loss = self.model.loss(out, batch)  # the head's own loss + the class loss
                         if not all_true(bool(torch.isfinite(loss)), self.world, self.device):
                             value = float(loss.detach())
                             where = f"episode {self.episode}, step {self.step}"
@@ -199,7 +186,7 @@ class Trainer:
                     loss_sum += float(loss.detach()) / cfg.accum
                     if "class" in out.aux_losses:
                         class_sum += float(out.aux_losses["class"].detach()) / cfg.accum
-                    acc_sum += float((logits.argmax(-1) == labels).float().mean()) / cfg.accum
+                    acc_sum += float((out.logits.float().argmax(-1) == batch.query_labels).float().mean()) / cfg.accum
                 if cfg.clip_grad > 0:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
                 self.optimizer.step()
@@ -301,43 +288,9 @@ class Trainer:
         if states[self.rank]["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(states[self.rank]["cuda"])
 
-    # ---------------------------------------------------------------- episode inputs, validation and test
-    # What the loop feeds the model (one rank's episodes, as clips or cached features, with their text) and how
-    # the model is scored on the val and test classes. Kept together: they change together with the batch source.
-
-    def _episodes(self, first: int, count: int) -> list[Episodes]:
-        """This rank's episodes among global episodes [first, first + count): every world-th one."""
-        out = []
-        for g in range(first, first + count):
-            if g % self.world == self.rank:
-                support, query, labels, classes = episode_arrays(self.sampler.episode(g), self.cfg.shot)
-                out.append(Episodes(support[None], query[None], labels[None], classes[None], first=g))
-        return out
-
-    def _inputs(self, eps) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict | None, tuple]:
-        """Support, query (clips or cached features), query labels, text and the global training-class labels
-        (support [E, N, K], query [E, Q]) for a list of 1-episode Episodes."""
-        sup = torch.cat([e.support for e in eps])
-        qry = torch.cat([e.query for e in eps])
-        labels = torch.cat([e.query_labels for e in eps])
-        if self.use_cache:
-            support, query = self._cached(eps, sup, qry)
-        else:
-            clips = []
-            for e in eps:
-                idx = e.support.flatten().tolist() + e.query.flatten().tolist()
-                clips.append(self.train_loader.train_clips(idx, episode=e.first))
-            n_s = sup[0].numel()
-            support = torch.stack([c[:n_s] for c in clips]).unflatten(1, tuple(sup.shape[1:]))
-            query = torch.stack([c[n_s:] for c in clips])
-        text = None
-        if self.bank is not None:
-            text = self.bank.gather(self.train_lut[torch.cat([e.classes for e in eps])], self.device)
-        classes = self.class_lut[torch.cat([e.classes for e in eps])]  # [E, N]
-        support_cls = classes[:, :, None].expand(*sup.shape)
-        query_cls = torch.gather(classes, 1, labels)
-        class_labels = (support_cls.to(self.device), query_cls.to(self.device))
-        return support.to(self.device), query.to(self.device), labels.to(self.device), text, class_labels
+    # ---------------------------------------------------------------- features, validation and test
+    # The batches themselves come from ``self.source`` (fsar.model.source); here: the cached training views it
+    # reads while the backbone is frozen, and how the model is scored on the val and test classes.
 
     def _train_views(self) -> torch.Tensor:
         """Frozen backbone: features of ``train_views`` fixed views of every training video, [views, videos, T, ...]
@@ -352,18 +305,6 @@ class Trainer:
             full[kept] = feats.half()
             views.append(full)
         return torch.stack(views)
-
-    def _cached(self, eps, sup: torch.Tensor, qry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached features of an episode's videos; each slot's view comes from (seed, episode, slot) only."""
-        views = []
-        for e in eps:
-            g = torch.Generator().manual_seed(derived_seed(self.cfg.seed, 15485863, e.first))
-            views.append(torch.randint(len(self.train_feats), (e.support.numel() + e.query.numel(),), generator=g))
-        views = torch.stack(views)  # [E, N*K + Q]
-        n_s = sup[0].numel()
-        support = self.train_feats[views[:, :n_s].reshape(sup.shape), sup].float()
-        query = self.train_feats[views[:, n_s:].reshape(qry.shape), qry].float()
-        return support, query
 
     def validate(self) -> EvalResult:
         """Accuracy on ``val_episodes`` seeded episodes of the val classes (features cached while the backbone is frozen)."""

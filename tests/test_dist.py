@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from fsar.model.backbones import build_backbone
+from fsar.model.batch import EpisodeBatch
 from fsar.model.fewshot import FewShotModel
-from fsar.model.heads.dist import DiSTHead, cli_options
+from fsar.model.heads.dist import DiSTHead
 from fsar.model.registry import build_method, get_method
 from fsar.model.trainer import Trainer
 
@@ -56,7 +57,7 @@ def test_shapes_and_gradients_through_each_backbone(name, config, size, tokens):
     g = torch.Generator().manual_seed(0)
     support = torch.randn(1, N, 1, T, 3, size, size, generator=g)
     query = torch.randn(1, Q, T, 3, size, size, generator=g)
-    out = model(support, query, _text(e=1), torch.tensor([[0, 1, 2]]))
+    out = model(EpisodeBatch(support, query, query_labels=torch.tensor([[0, 1, 2]]), text=_text(e=1)))
     assert out.logits.shape == (1, Q, N) and torch.isfinite(out.logits).all()
     F.cross_entropy(out.logits[0], torch.tensor([0, 1, 2])).backward()
     grads = [p.grad for p in model.backbone.parameters() if p.requires_grad]
@@ -72,10 +73,10 @@ def test_shots_and_batched_episodes_score_independently():
     head = _head()
     support, query = _tokens(k=5, e=3)
     text = _text(e=3)
-    together = head(support, query, text).logits
+    together = head(EpisodeBatch(support, query, text=text)).logits
     assert together.shape == (3, Q, N)
     for i in range(3):
-        one = head(support[i : i + 1], query[i : i + 1], {k: v[i : i + 1] for k, v in text.items()}).logits
+        one = head(EpisodeBatch(support[i : i + 1], query[i : i + 1], text={k: v[i : i + 1] for k, v in text.items()})).logits
         assert torch.allclose(together[i : i + 1], one, atol=1e-5)
 
 
@@ -94,14 +95,14 @@ def test_knowledge_switch_changes_text_need_parameters_and_what_the_logits_read(
     assert DiSTHead.text_need({}) == "dist"
 
     llm, name, none = _head(knowledge="llm"), _head(knowledge="name"), _head(knowledge="none")
-    outs = {k: h(support, query, text).logits for k, h in (("llm", llm), ("name", name), ("none", none))}
+    outs = {k: h(EpisodeBatch(support, query, text=text)).logits for k, h in (("llm", llm), ("name", name), ("none", none))}
     assert _changed(outs["llm"], outs["name"]) and _changed(outs["llm"], outs["none"]) and _changed(outs["name"], outs["none"])
 
     def swap(h, *keys):
         t = dict(text)
         for key in keys:
             t[key] = other[key]
-        return h(support, query, t).logits
+        return h(EpisodeBatch(support, query, text=t)).logits
 
     # llm reads spatial attributes (SKC) and temporal attributes (TKC), not the names
     assert _changed(outs["llm"], swap(llm, "spatial")) and _changed(outs["llm"], swap(llm, "temporal"))
@@ -110,11 +111,11 @@ def test_knowledge_switch_changes_text_need_parameters_and_what_the_logits_read(
     t = dict(text)
     t["spatial"] = text["spatial"].clone()
     t["spatial"][:, 0, 3] = 5.0
-    assert torch.allclose(outs["llm"], llm(support, query, t).logits, atol=1e-6)
+    assert torch.allclose(outs["llm"], llm(EpisodeBatch(support, query, text=t)).logits, atol=1e-6)
     # name reads only the names; none reads no text at all (and runs without any)
     assert _changed(outs["name"], swap(name, "names"))
     assert torch.allclose(outs["name"], swap(name, "spatial", "temporal"))
-    assert torch.allclose(outs["none"], none(support, query, None).logits)
+    assert torch.allclose(outs["none"], none(EpisodeBatch(support, query)).logits)
     # parameters: only text-guided heads project text; only none keeps a learned temporal bank
     keys = {k: {n for n, _ in h.named_parameters()} for k, h in (("llm", llm), ("name", name), ("none", none))}
     assert any(n.startswith("spatial_text") for n in keys["llm"]) and not any("_text" in n for n in keys["none"])
@@ -131,32 +132,32 @@ def test_skc_and_tkc_switches_drop_their_path():
     new_global[..., 0, :] = torch.randn(new_global[..., 0, :].shape, generator=g)
 
     full, no_skc, no_tkc = _head(), _head(skc=False), _head(tkc=False)
-    base = {k: h(support, query, text).logits for k, h in (("full", full), ("no_skc", no_skc), ("no_tkc", no_tkc))}
+    base = {k: h(EpisodeBatch(support, query, text=text)).logits for k, h in (("full", full), ("no_skc", no_skc), ("no_tkc", no_tkc))}
     assert _changed(base["full"], base["no_skc"]) and _changed(base["full"], base["no_tkc"])
     # full DiST reads both the patch tokens (SKC) and the frames' global tokens (TKC)
-    assert _changed(base["full"], full(new_patches, query, text).logits)
-    assert _changed(base["full"], full(new_global, query, text).logits)
+    assert _changed(base["full"], full(EpisodeBatch(new_patches, query, text=text)).logits)
+    assert _changed(base["full"], full(EpisodeBatch(new_global, query, text=text)).logits)
     # without SKC the patch tokens and the spatial attributes are ignored; without TKC the global tokens and temporal ones
-    assert torch.allclose(base["no_skc"], no_skc(new_patches, query, text).logits)
-    assert _changed(base["no_skc"], no_skc(new_global, query, text).logits)
-    assert torch.allclose(base["no_tkc"], no_tkc(new_global, query, text).logits)
-    assert _changed(base["no_tkc"], no_tkc(new_patches, query, text).logits)
+    assert torch.allclose(base["no_skc"], no_skc(EpisodeBatch(new_patches, query, text=text)).logits)
+    assert _changed(base["no_skc"], no_skc(EpisodeBatch(new_global, query, text=text)).logits)
+    assert torch.allclose(base["no_tkc"], no_tkc(EpisodeBatch(new_global, query, text=text)).logits)
+    assert _changed(base["no_tkc"], no_tkc(EpisodeBatch(new_patches, query, text=text)).logits)
     assert no_skc.skc is None and no_skc.spatial_text is None and no_tkc.tkc is None and no_tkc.temporal_text is None
     with pytest.raises(ValueError, match="at least one compensator"):
         _head(skc=False, tkc=False)
 
 
-def test_cli_options_map_flags_to_head_options():
-    assert cli_options() == {}
-    assert cli_options("name", no_skc=True) == {"knowledge": "name", "skc": False}
-    assert cli_options("none", no_tkc=True) == {"knowledge": "none", "tkc": False}
-    assert DiSTHead.text_need(cli_options("none")) is None
-    with pytest.raises(ValueError, match="--knowledge must be one of llm, name, none, got 'gpt'"):
-        cli_options("gpt")
-    with pytest.raises(ValueError, match="--no-skc and --no-tkc together"):
-        cli_options(no_skc=True, no_tkc=True)
+def test_options_are_checked_by_text_need_and_the_head():
+    """What fsar-train's --knowledge / --opt give (a dict of options) is checked where the head is asked about it."""
+    from fsar.core.errors import FsarError
+
+    assert DiSTHead.text_need({"knowledge": "none", "tkc": False}) is None
+    assert DiSTHead.text_need({"knowledge": "name", "skc": False}) == "names"
+    with pytest.raises(FsarError, match="--knowledge must be one of llm, name, none, got 'gpt'"):
+        DiSTHead.text_need({"knowledge": "gpt"})
     with pytest.raises(ValueError, match="knowledge must be one of llm, name, none"):
         _head(knowledge="bogus")
+    build_method("dist", dim=D, num_frames=T, text_dim=None, knowledge="none", skc=False)  # no text, TKC only
 
 
 # ------------------------------------------------------------------ missing knowledge
@@ -171,7 +172,7 @@ def test_missing_knowledge_is_one_line_naming_the_command(synth_root, fsar_cache
     head = _head()
     support, query = _tokens()
     with pytest.raises(ValueError) as err:
-        head(support, query, {"names": _text()["names"]})
+        head(EpisodeBatch(support, query, text={"names": _text()["names"]}))
     assert "\n" not in str(err.value) and "fsar-knowledge generate" in str(err.value) and "knowledge=name|none" in str(err.value)
     with pytest.raises(ValueError, match="needs text embeddings"):
         build_method("dist", dim=D, num_frames=T, text_dim=None)
@@ -202,9 +203,9 @@ def _loss_on(trainer: Trainer, episodes: range) -> float:
     trainer.model.eval()
     total = 0.0
     for i in episodes:
-        support, query, labels, text, _ = trainer._inputs(trainer._episodes(i, 1))
-        out = trainer.model(support, query, text, labels, features=trainer.use_cache)
-        total += float(F.cross_entropy(out.logits.flatten(0, 1), labels.flatten()))
+        batch = trainer.source.batch(trainer.source.episodes(i, 1))
+        out = trainer.model(batch, features=trainer.use_cache)
+        total += float(F.cross_entropy(out.logits.flatten(0, 1), batch.query_labels.flatten()))
     trainer.model.train()
     return total / len(episodes)
 

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from fsar.model.backbones import build_backbone
+from fsar.model.batch import EpisodeBatch
 from fsar.model.fewshot import FewShotModel
-from fsar.model.heads.lga import LGAHead, ab_mhm_distance, cli_options
+from fsar.model.heads.lga import LGAHead, ab_mhm_distance
 from fsar.model.matching import bimhm_distance
 from fsar.model.registry import build_method, get_method
 from fsar.model.segment import cluster_segment, pool_stages, stage_weights, uniform_segment
@@ -123,36 +124,39 @@ def test_geometric_mean_fusion_equals_vv_at_alpha_1_and_vt_at_alpha_0():
     parts = _head().scores(support, query, text)
     vv, vt = parts["vv"], parts["vt"]
     assert vv.shape == vt.shape == (E, Q, N)
-    one, zero, mid = (_head(alpha=a)(support, query, text).logits for a in (1.0, 0.0, 0.3))
+    one, zero, mid = (_head(alpha=a)(EpisodeBatch(support, query, text=text)).logits for a in (1.0, 0.0, 0.3))
     assert torch.allclose(one, vv.log_softmax(-1), atol=1e-6)
     assert torch.allclose(zero, vt.log_softmax(-1), atol=1e-6)
     # in between: softmax of the returned logits is p_vv^0.3 * p_vt^0.7, renormalised
     p = vv.softmax(-1) ** 0.3 * vt.softmax(-1) ** 0.7
     assert torch.allclose(mid.softmax(-1), p / p.sum(-1, keepdim=True), atol=1e-6)
     # the V-V only and V-T only heads return exactly those logits
-    assert torch.allclose(_head(match="vv")(support, query, text).logits, vv, atol=1e-6)
-    assert torch.allclose(_head(match="vt")(support, query, text).logits, vt, atol=1e-6)
+    assert torch.allclose(_head(match="vv")(EpisodeBatch(support, query, text=text)).logits, vv, atol=1e-6)
+    assert torch.allclose(_head(match="vt")(EpisodeBatch(support, query, text=text)).logits, vt, atol=1e-6)
 
 
 def test_training_classifies_with_video_video_only_plus_a_contrastive_loss():
     support, query = _frames()
     text, labels = _text(), _labels()
     head = _head(train=True, dropout=0.0)
-    out = head(support, query, text, labels)
+    batch = EpisodeBatch(support, query, query_labels=labels, text=text)
+    out = head(batch)
     parts = head.scores(support, query, text)
     assert torch.allclose(out.logits, parts["vv"], atol=1e-6)  # the classification logits: V-V only
     assert set(out.aux_losses) == {"contrastive"}
+    # the loss the trainer minimises: cross-entropy of the V-V logits plus the contrastive loss
+    ce = F.cross_entropy(parts["vv"].flatten(0, 1), labels.flatten())
+    assert torch.isclose(head.loss(out, batch), ce + out.aux_losses["contrastive"], atol=1e-6)
     # the contrastive loss: every labelled video (supports, then queries) against the episode's class texts
     videos = torch.cat([parts["support_stages"].flatten(1, 2), parts["query_stages"]], dim=1)
     own = torch.cat([torch.arange(N).repeat_interleave(K).expand(E, -1), labels], dim=1)
     expected = F.cross_entropy(head.video_text(videos, parts["texts"]).flatten(0, 1), own.flatten())
     assert torch.isclose(out.aux_losses["contrastive"], expected, atol=1e-6)
-    assert torch.isclose(_head(train=True, dropout=0.0, contrastive=0.5)(support, query, text, labels).aux_losses["contrastive"],
-                         0.5 * expected, atol=1e-6)
-    assert _head(train=True, contrastive=0.0)(support, query, text, labels).aux_losses == {}
-    assert head(support, query, text).aux_losses == {}  # no labels, no loss
+    assert torch.isclose(_head(train=True, dropout=0.0, contrastive=0.5)(batch).aux_losses["contrastive"], 0.5 * expected, atol=1e-6)
+    assert _head(train=True, contrastive=0.0)(batch).aux_losses == {}
+    assert head(EpisodeBatch(support, query, text=text)).aux_losses == {}  # no labels, no loss
     head.eval()
-    evaluated = head(support, query, text)
+    evaluated = head(EpisodeBatch(support, query, text=text))
     assert _changed(evaluated.logits, out.logits) and evaluated.aux_losses == {}  # evaluation: the fused decision
 
 
@@ -172,7 +176,7 @@ def test_shapes_and_gradients_through_each_backbone(name, config, size):
     g = torch.Generator().manual_seed(0)
     support = torch.randn(1, N, 1, T, 3, size, size, generator=g)
     query = torch.randn(1, Q, T, 3, size, size, generator=g)
-    out = model(support, query, _text(e=1), _labels(1))
+    out = model(EpisodeBatch(support, query, query_labels=_labels(1), text=_text(e=1)))
     assert out.logits.shape == (1, Q, N) and torch.isfinite(out.logits).all()
     loss = F.cross_entropy(out.logits[0], _labels(1)[0]) + sum(out.aux_losses.values())
     loss.backward()
@@ -182,7 +186,7 @@ def test_shapes_and_gradients_through_each_backbone(name, config, size):
     assert model.head.fusion.q.weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
-        assert model(support, query, _text(e=1)).logits.shape == (1, Q, N)
+        assert model(EpisodeBatch(support, query, text=_text(e=1))).logits.shape == (1, Q, N)
 
 
 def test_shots_and_batched_episodes_score_independently():
@@ -191,10 +195,10 @@ def test_shots_and_batched_episodes_score_independently():
         head = _head(**options)
         support, query = _frames(k=5, e=3)
         text = _text(e=3)
-        together = head(support, query, text).logits
+        together = head(EpisodeBatch(support, query, text=text)).logits
         assert together.shape == (3, Q, N)
         for i in range(3):
-            one = head(support[i : i + 1], query[i : i + 1], {k: v[i : i + 1] for k, v in text.items()}).logits
+            one = head(EpisodeBatch(support[i : i + 1], query[i : i + 1], text={k: v[i : i + 1] for k, v in text.items()})).logits
             assert torch.allclose(together[i : i + 1], one, atol=1e-5)
 
 
@@ -205,7 +209,7 @@ def test_segment_switch_cluster_follows_the_video_uniform_does_not():
     support, query = _frames()
     text = _text()
     cluster, uniform = _head(), _head(segment="uniform")
-    assert _changed(cluster(support, query, text).logits, uniform(support, query, text).logits)
+    assert _changed(cluster(EpisodeBatch(support, query, text=text)).logits, uniform(EpisodeBatch(support, query, text=text)).logits)
     # stages: CLUSTER pools each clip's own segments (with the 1-frame overlap), uniform always the same thirds
     bounds = cluster_segment(F.normalize(query, dim=-1), 3)
     assert torch.allclose(cluster.stages(query), pool_stages(query, stage_weights(bounds, T, 1)), atol=1e-6)
@@ -216,7 +220,7 @@ def test_segment_switch_cluster_follows_the_video_uniform_does_not():
     assert torch.allclose(_head(overlap=0).stages(blocks), torch.stack([a, b, c]), atol=1e-5)
     assert not torch.allclose(_head(overlap=0, segment="uniform").stages(blocks), torch.stack([a, b, c]), atol=1e-3)
     # overlap widens the stages
-    assert _changed(_head(overlap=0)(support, query, text).logits, cluster(support, query, text).logits)
+    assert _changed(_head(overlap=0)(EpisodeBatch(support, query, text=text)).logits, cluster(EpisodeBatch(support, query, text=text)).logits)
 
 
 def test_knowledge_switch_changes_text_need_parameters_and_what_the_logits_read():
@@ -225,14 +229,14 @@ def test_knowledge_switch_changes_text_need_parameters_and_what_the_logits_read(
     assert [LGAHead.text_need({"knowledge": k}) for k in ("llm", "name", "none")] == ["lga", "names", None]
     assert LGAHead.text_need({}) == "lga"
     llm, name, none = _head(), _head(knowledge="name"), _head(knowledge="none", match="vv")
-    outs = {k: h(support, query, text).logits for k, h in (("llm", llm), ("name", name), ("none", none))}
+    outs = {k: h(EpisodeBatch(support, query, text=text)).logits for k, h in (("llm", llm), ("name", name), ("none", none))}
     assert _changed(outs["llm"], outs["name"]) and _changed(outs["llm"], outs["none"]) and _changed(outs["name"], outs["none"])
 
     def swap(h, *keys):
         t = dict(text)
         for key in keys:
             t[key] = other[key]
-        return h(support, query, t).logits
+        return h(EpisodeBatch(support, query, text=t)).logits
 
     # llm (textual anatomy) reads the stage vectors; the names only where a stage is padding (class 0's completion)
     assert _changed(outs["llm"], swap(llm, "stages"))
@@ -240,24 +244,24 @@ def test_knowledge_switch_changes_text_need_parameters_and_what_the_logits_read(
     assert _changed(outs["llm"], swap(llm, "names"))
     filled = dict(text, stages=text["stages"].clone(), stages_mask=torch.ones(E, N, 3, dtype=torch.bool))
     filled["stages"][:, 0, 2] = text["names"][:, 0]
-    assert torch.allclose(outs["llm"], llm(support, query, filled).logits, atol=1e-6)
+    assert torch.allclose(outs["llm"], llm(EpisodeBatch(support, query, text=filled)).logits, atol=1e-6)
     padded = dict(text, stages=text["stages"].clone())
     padded["stages"][:, 0, 2] = 5.0  # the padded slot's content is never read
-    assert torch.allclose(outs["llm"], llm(support, query, padded).logits, atol=1e-6)
+    assert torch.allclose(outs["llm"], llm(EpisodeBatch(support, query, text=padded)).logits, atol=1e-6)
     # name (textual anatomy off): the class name for every stage; none: no text at all, no text parameters
     assert _changed(outs["name"], swap(name, "names")) and torch.allclose(outs["name"], swap(name, "stages", "triplets", "sentences"))
-    assert torch.allclose(outs["none"], none(support, query, None).logits)
+    assert torch.allclose(outs["none"], none(EpisodeBatch(support, query)).logits)
     assert none.text_proj is None and not any(n.startswith("text_proj") for n, _ in none.named_parameters())
     # text_item picks which of the contract's vectors the stages are
     trip = _head(text_item="triplets")
-    assert _changed(trip(support, query, text).logits, outs["llm"]) and _changed(trip(support, query, text).logits, swap(trip, "triplets"))
-    assert torch.allclose(trip(support, query, text).logits, swap(trip, "stages", "sentences"))
+    assert _changed(trip(EpisodeBatch(support, query, text=text)).logits, outs["llm"]) and _changed(trip(EpisodeBatch(support, query, text=text)).logits, swap(trip, "triplets"))
+    assert torch.allclose(trip(EpisodeBatch(support, query, text=text)).logits, swap(trip, "stages", "sentences"))
 
 
 def test_match_switch_vv_vt_both():
     support, query = _frames()
     text = _text()
-    vv, vt, both = (_head(match=m)(support, query, text).logits for m in ("vv", "vt", "both"))
+    vv, vt, both = (_head(match=m)(EpisodeBatch(support, query, text=text)).logits for m in ("vv", "vt", "both"))
     assert _changed(vv, vt) and _changed(vv, both) and _changed(vt, both)
     # V-T reads the pooled stages and the texts only: the fusion module does not enter it; V-V depends on it
     head_vt, head_vv = _head(match="vt"), _head(match="vv")
@@ -265,45 +269,46 @@ def test_match_switch_vv_vt_both():
         bump = torch.randn(D, D, generator=torch.Generator().manual_seed(6))
         head_vt.fusion.q.weight.add_(bump)
         head_vv.fusion.q.weight.add_(bump)
-    assert torch.allclose(head_vt(support, query, text).logits, vt) and _changed(head_vv(support, query, text).logits, vv)
+    assert torch.allclose(head_vt(EpisodeBatch(support, query, text=text)).logits, vt) and _changed(head_vv(EpisodeBatch(support, query, text=text)).logits, vv)
     # training with V-T only classifies with V-T logits
     train_vt = _head(train=True, match="vt", dropout=0.0)
-    assert torch.allclose(train_vt(support, query, text, _labels()).logits, vt, atol=1e-6)
+    assert torch.allclose(train_vt(EpisodeBatch(support, query, query_labels=_labels(), text=text)).logits, vt, atol=1e-6)
 
 
 def test_query_text_window_and_contrastive_form_switches():
     support, query = _frames()
     text, labels = _text(), _labels()
-    base = _head()(support, query, text).logits
-    assert _changed(base, _head(query_text="episode")(support, query, text).logits)
-    windows = [_head(window=w, match="vv")(support, query, text).logits for w in (0, 1, 2)]
+    base = _head()(EpisodeBatch(support, query, text=text)).logits
+    assert _changed(base, _head(query_text="episode")(EpisodeBatch(support, query, text=text)).logits)
+    windows = [_head(window=w, match="vv")(EpisodeBatch(support, query, text=text)).logits for w in (0, 1, 2)]
     assert _changed(windows[0], windows[1]) and _changed(windows[1], windows[2])
-    video = _head(train=True, dropout=0.0)(support, query, text, labels).aux_losses["contrastive"]
-    stage = _head(train=True, dropout=0.0, contrastive_form="stage")(support, query, text, labels).aux_losses["contrastive"]
+    video = _head(train=True, dropout=0.0)(EpisodeBatch(support, query, query_labels=labels, text=text)).aux_losses["contrastive"]
+    stage = _head(train=True, dropout=0.0, contrastive_form="stage")(EpisodeBatch(support, query, query_labels=labels, text=text)).aux_losses["contrastive"]
     assert not torch.isclose(video, stage)
 
 
-def test_cli_options_map_flags_to_head_options():
-    assert cli_options() == {}
-    assert cli_options("name", segment="uniform") == {"knowledge": "name", "segment": "uniform"}
-    assert cli_options("none") == {"knowledge": "none", "match": "vv"}  # no text: video-video only
-    assert cli_options(match="vt") == {"match": "vt"}
-    assert LGAHead.text_need(cli_options("none")) is None
-    build_method("lga", dim=D, num_frames=T, text_dim=None, **cli_options("none"))  # builds without text
-    with pytest.raises(ValueError, match="--knowledge must be one of llm, name, none, got 'gpt'"):
-        cli_options("gpt")
-    with pytest.raises(ValueError, match="--segment must be one of cluster, uniform"):
-        cli_options(segment="finch")
-    with pytest.raises(ValueError, match="--knowledge none leaves LGA no text"):
-        cli_options("none", match="vt")
-    with pytest.raises(ValueError, match="DiST switches"):
-        cli_options(no_skc=True)
+def test_knowledge_none_implies_video_video_matching():
+    """fsar-train --method lga --knowledge none (options {"knowledge": "none"}) builds a text-free V-V head; asking
+    for video-text matching without text is an error naming the fix."""
+    from fsar.core.errors import FsarError
+
+    assert LGAHead.text_need({"knowledge": "none"}) is None and LGAHead.text_need({}) == "lga"
+    head = build_method("lga", dim=D, num_frames=T, text_dim=None, knowledge="none")  # builds without text
+    assert head.match == "vv" and head.text_proj is None
+    assert _head().match == "both"
+    for match in ("vt", "both"):
+        with pytest.raises(ValueError, match="use match=vv"):
+            build_method("lga", dim=D, num_frames=T, text_dim=None, knowledge="none", match=match)
+    with pytest.raises(FsarError, match="--knowledge must be one of llm, name, none, got 'gpt'"):
+        LGAHead.text_need({"knowledge": "gpt"})
+    with pytest.raises(ValueError, match="unknown option.*skc for method 'lga'"):  # another method's switch
+        build_method("lga", dim=D, num_frames=T, text_dim=DT, skc=False)
 
 
 def test_bad_options_and_inputs_are_one_line_errors():
     for options, message in (({"knowledge": "bogus"}, "knowledge must be one of"), ({"segment": "hard"}, "segment must be one of"),
                              ({"match": "vtv"}, "match must be one of"), ({"alpha": 1.5}, r"alpha must lie in \[0, 1\]"),
-                             ({"knowledge": "none"}, "use match=vv"), ({"overlap": -1}, "must be >= 0"),
+                             ({"knowledge": "none", "match": "vt"}, "use match=vv"), ({"overlap": -1}, "must be >= 0"),
                              ({"query_text": "label"}, "query_text must be one of")):
         with pytest.raises(ValueError, match=message):
             _head(**options)
@@ -313,7 +318,7 @@ def test_bad_options_and_inputs_are_one_line_errors():
         build_method("lga", dim=D, num_frames=2, text_dim=DT)
     support, query = _frames()
     with pytest.raises(ValueError, match=r"frame features \[E, N, K, T, D\]"):
-        _head()(support[..., None, :], query[..., None, :], _text())
+        _head()(EpisodeBatch(support[..., None, :], query[..., None, :], text=_text()))
 
 
 # ------------------------------------------------------------------ missing knowledge
@@ -327,7 +332,7 @@ def test_missing_knowledge_is_one_line_naming_the_command(synth_root, fsar_cache
     assert "\n" not in message and "fsar-knowledge generate --dataset synthetic --kind lga" in message
     support, query = _frames()
     with pytest.raises(ValueError) as err:
-        _head()(support, query, {"names": _text()["names"]})
+        _head()(EpisodeBatch(support, query, text={"names": _text()["names"]}))
     assert "\n" not in str(err.value) and "fsar-knowledge generate" in str(err.value) and "--kind lga" in str(err.value)
     assert "knowledge=name|none" in str(err.value)
 
@@ -369,7 +374,7 @@ def test_loss_falls_when_training_the_head():
         with torch.no_grad():
             ce = con = 0.0
             for s, q, t, y in episodes:
-                out = head(s, q, t, y)
+                out = head(EpisodeBatch(s, q, query_labels=y, text=t))
                 ce += float(F.cross_entropy(out.logits[0], y[0]))
                 con += float(out.aux_losses["contrastive"])
         return ce / len(episodes), con / len(episodes)
@@ -377,8 +382,8 @@ def test_loss_falls_when_training_the_head():
     before = loss_on(held)
     for step in range(60):
         s, q, t, y = _staged_episode(g, protos, text)
-        out = head(s, q, t, y)
-        loss = F.cross_entropy(out.logits[0], y[0]) + sum(out.aux_losses.values())
+        batch = EpisodeBatch(s, q, query_labels=y, text=t)
+        loss = head.loss(head(batch), batch)  # what the trainer minimises
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fsar.model import matching as M
+from fsar.model.batch import EpisodeBatch
 from fsar.model.registry import build_method
 
 
@@ -182,7 +183,7 @@ def test_otam_head_logits_are_the_reference_cnn_otam(shot):
     support, query = _episode(2, 3, shot, 2, 6, 16, seed=5)
     head = build_method("otam", dim=16, num_frames=6).eval()
     with torch.no_grad():
-        logits = head(support, query).logits
+        logits = head(EpisodeBatch(support, query)).logits
     ref = torch.tensor(
         [[[-ref_otam_class(query[e, q], list(support[e, n]), 0.1) for n in range(3)] for q in range(2)] for e in range(2)],
         dtype=torch.float64,
@@ -196,7 +197,7 @@ def test_bimhm_head_logits_are_hyrsm_on_its_encoded_frames(shot):
     support, query = _episode(2, 3, shot, 2, 8, 16, seed=6)
     head = build_method("bimhm", dim=16, num_frames=8).eval()
     with torch.no_grad():
-        logits = head(support, query).logits
+        logits = head(EpisodeBatch(support, query)).logits
         s_enc = head.encode(support.flatten(0, 2)).reshape(support.shape)
         q_enc = head.encode(query.flatten(0, 1)).reshape(query.shape)
     ref = torch.zeros(2, 2, 3, dtype=torch.float64)
@@ -242,7 +243,7 @@ def test_trx_head_logits_are_the_reference_temporal_cross_transformer(shot, key_
     torch.manual_seed(0)
     head = build_method("trx", dim=8, num_frames=5, key_dim=key_dim).eval()
     with torch.no_grad():
-        logits = head(support, query).logits
+        logits = head(EpisodeBatch(support, query)).logits
         ref = _ref_trx(head, support, query)
     assert logits.shape == (1, 2, 3)
     assert torch.allclose(logits.double(), ref, atol=1e-5 * max(1.0, ref.abs().max().item()), rtol=0)
@@ -254,7 +255,7 @@ def test_clipfsar_head_visual_logits_are_clipfsar_otam_with_lambda_half():
     head = build_method("clipfsar", dim=16, num_frames=6, text_dim=12).eval()
     assert head.lam == 0.5
     with torch.no_grad():
-        logits = head(support, query, text).logits
+        logits = head(EpisodeBatch(support, query, text=text)).logits
         names = head.text_proj(text["names"][0])  # [N, D]
         protos = head.modulate(names, support[0].mean(dim=1))  # [N, T, D]: K videos averaged, then text-modulated
         queries = head.modulate(query[0].mean(dim=1), query[0])  # [Q, T, D]

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from fsar.model.backbones import build_backbone
+from fsar.model.batch import EpisodeBatch
 from fsar.model.fewshot import FewShotModel
-from fsar.model.heads.star import GEN_HINT, STARHead, SemanticTemporalRefiner, cli_options, order_positions
+from fsar.model.heads.star import GEN_HINT, STARHead, SemanticTemporalRefiner, order_positions
 from fsar.model.registry import build_method, get_method
 from fsar.model.trainer import Trainer
 
@@ -62,7 +63,7 @@ def test_shapes_and_gradients_through_each_backbone(name, config, size):
     g = torch.Generator().manual_seed(0)
     support = torch.randn(1, N, 1, T, 3, size, size, generator=g)
     query = torch.randn(1, Q, T, 3, size, size, generator=g)
-    out = model(support, query, _text(e=1), torch.tensor([[0, 1, 2]]))
+    out = model(EpisodeBatch(support, query, query_labels=torch.tensor([[0, 1, 2]]), text=_text(e=1)))
     assert out.logits.shape == (1, Q, N) and torch.isfinite(out.logits).all()
     F.cross_entropy(out.logits[0], torch.tensor([0, 1, 2])).backward()
     grads = [p.grad for p in model.backbone.parameters() if p.requires_grad]
@@ -81,10 +82,10 @@ def test_shots_and_batched_episodes_score_independently():
     head = _head()
     support, query = _frames(k=5, e=3)
     text = _text(e=3)
-    together = head(support, query, text).logits
+    together = head(EpisodeBatch(support, query, text=text)).logits
     assert together.shape == (3, Q, N)
     for i in range(3):
-        one = head(support[i : i + 1], query[i : i + 1], {k: v[i : i + 1] for k, v in text.items()}).logits
+        one = head(EpisodeBatch(support[i : i + 1], query[i : i + 1], text={k: v[i : i + 1] for k, v in text.items()})).logits
         assert torch.allclose(together[i : i + 1], one, atol=1e-5)
 
 
@@ -145,7 +146,7 @@ def test_loss_falls_over_a_few_episodes():
     @torch.no_grad()
     def held_out_loss() -> float:
         head.eval()
-        losses = [F.cross_entropy(head(s, q, t).logits.flatten(0, 1), y.flatten()) for s, q, t, y in map(episode, range(900, 908))]
+        losses = [F.cross_entropy(head(EpisodeBatch(s, q, text=t)).logits.flatten(0, 1), y.flatten()) for s, q, t, y in map(episode, range(900, 908))]
         head.train()
         return float(torch.stack(losses).mean())
 
@@ -154,7 +155,7 @@ def test_loss_falls_over_a_few_episodes():
     head.train()
     for i in range(40):
         s, q, t, y = episode(i)
-        loss = F.cross_entropy(head(s, q, t, y).logits.flatten(0, 1), y.flatten())
+        loss = F.cross_entropy(head(EpisodeBatch(s, q, query_labels=y, text=t)).logits.flatten(0, 1), y.flatten())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -174,7 +175,7 @@ def test_each_switch_changes_the_computation(switch):
     full, ablated = _head(), _head(**{switch: False})
     missing, unexpected = ablated.load_state_dict(full.state_dict(), strict=False)
     assert not missing and unexpected, (missing, unexpected)
-    assert _changed(full(support, query, text).logits, ablated(support, query, text).logits)
+    assert _changed(full(EpisodeBatch(support, query, text=text)).logits, ablated(EpisodeBatch(support, query, text=text)).logits)
     if switch == "multi_frequency":
         assert ablated.stpr.strides == (1,) and full.stpr.strides == (1, 2, 4)
     if switch == "bidirectional":
@@ -189,10 +190,10 @@ def test_switches_drop_what_they_read():
         t = dict(text)
         for key in keys:
             t[key] = other[key]
-        return h(support, query, t).logits
+        return h(EpisodeBatch(support, query, text=t)).logits
 
     full = _head()
-    base = full(support, query, text).logits
+    base = full(EpisodeBatch(support, query, text=text)).logits
     # llm reads the descriptors (TSA) and the summary (SGF, ACU), not the class names
     assert _changed(base, swap(full, "descriptors")) and _changed(base, swap(full, "summary"))
     assert torch.allclose(base, swap(full, "names"))
@@ -200,18 +201,18 @@ def test_switches_drop_what_they_read():
     t = dict(text)
     t["descriptors"] = text["descriptors"].clone()
     t["descriptors"][:, 0, L - 1] = 5.0
-    assert torch.allclose(base, full(support, query, t).logits, atol=1e-6)
+    assert torch.allclose(base, full(EpisodeBatch(support, query, text=t)).logits, atol=1e-6)
     # without TSA the descriptors are unread; without STPR (or without SGF and ACU) the summary is unread
     no_tsa = _head(tsa=False)
-    assert torch.allclose(no_tsa(support, query, text).logits, swap(no_tsa, "descriptors")) and no_tsa.descriptor_text is None
+    assert torch.allclose(no_tsa(EpisodeBatch(support, query, text=text)).logits, swap(no_tsa, "descriptors")) and no_tsa.descriptor_text is None
     for opts in ({"stpr": False}, {"sgf": False, "acu": False}):
         h = _head(**opts)
-        assert torch.allclose(h(support, query, text).logits, swap(h, "summary")) and h.summary_text is None
-        assert _changed(h(support, query, text).logits, swap(h, "descriptors"))
+        assert torch.allclose(h(EpisodeBatch(support, query, text=text)).logits, swap(h, "summary")) and h.summary_text is None
+        assert _changed(h(EpisodeBatch(support, query, text=text)).logits, swap(h, "descriptors"))
     # with nothing that reads class text the query is refined once, not once per class
     assert full.per_class and not _head(tsa=False, sgf=False, acu=False).per_class
     bare = _head(tsa=False, stpr=False)  # plain fused matching of the frames
-    assert torch.allclose(bare(support, query, text).logits, bare(support, query, None).logits)
+    assert torch.allclose(bare(EpisodeBatch(support, query, text=text)).logits, bare(EpisodeBatch(support, query)).logits)
     # options that read no text need none: the trainer then loads none and builds the head without text_dim
     assert STARHead.text_need({"tsa": False, "stpr": False}) is None and STARHead.text_need({"tsa": False, "sgf": False, "acu": False}) is None
     assert STARHead.text_need({"tsa": False}) == "star" and STARHead.text_need({"stpr": False}) == "star"
@@ -224,13 +225,13 @@ def test_knowledge_modes_change_text_need_parameters_and_what_the_logits_read():
     assert [STARHead.text_need({"knowledge": k}) for k in ("llm", "name", "none")] == ["star", "names", None]
     assert STARHead.text_need({}) == "star"
     llm, name, none = _head(knowledge="llm"), _head(knowledge="name"), _head(knowledge="none")
-    outs = {k: h(support, query, text).logits for k, h in (("llm", llm), ("name", name), ("none", none))}
+    outs = {k: h(EpisodeBatch(support, query, text=text)).logits for k, h in (("llm", llm), ("name", name), ("none", none))}
     assert _changed(outs["llm"], outs["name"]) and _changed(outs["llm"], outs["none"]) and _changed(outs["name"], outs["none"])
     # name reads only the names; none reads no text at all, runs without any, and refines each query once
     swapped = {**text, "names": other["names"]}
-    assert _changed(outs["name"], name(support, query, swapped).logits)
-    assert torch.allclose(outs["name"], name(support, query, {"names": text["names"]}).logits)
-    assert torch.allclose(outs["none"], none(support, query, None).logits) and not none.per_class
+    assert _changed(outs["name"], name(EpisodeBatch(support, query, text=swapped)).logits)
+    assert torch.allclose(outs["name"], name(EpisodeBatch(support, query, text={"names": text["names"]})).logits)
+    assert torch.allclose(outs["none"], none(EpisodeBatch(support, query)).logits) and not none.per_class
     keys = {k: {n for n, _ in h.named_parameters()} for k, h in (("llm", llm), ("name", name), ("none", none))}
     assert {"bank", "summary"} <= keys["none"] and not any("_text" in n for n in keys["none"])
     assert "bank" not in keys["llm"] and any(n.startswith("descriptor_text") for n in keys["llm"])
@@ -241,22 +242,23 @@ def test_order_positions_spread_real_descriptors_over_time():
     assert torch.allclose(order_positions(present), torch.tensor([[0, 1 / 3, 2 / 3, 1], [0, 0.5, 1, 0], [0.5, 0, 0, 0]]))
 
 
-def test_cli_options_and_option_errors():
-    assert cli_options() == {} and cli_options("none") == {"knowledge": "none"}
-    assert STARHead.text_need(cli_options("name")) == "names"
-    with pytest.raises(ValueError, match="--knowledge must be one of llm, name, none, got 'gpt'"):
-        cli_options("gpt")
-    with pytest.raises(ValueError) as err:
-        cli_options("llm", no_skc=True)
-    assert "\n" not in str(err.value) and "--no-skc: not a switch of star" in str(err.value) and "--opt tsa=false" in str(err.value)
-    assert cli_options("llm", no_skc=False) == {}
+def test_text_need_and_option_errors():
+    """What fsar-train's --knowledge / --opt give (a dict of options) is checked where the head is asked about it."""
+    from fsar.core.errors import FsarError
+
+    assert STARHead.text_need({}) == "star" and STARHead.text_need({"knowledge": "none"}) is None
+    assert STARHead.text_need({"knowledge": "name"}) == "names"
+    with pytest.raises(FsarError, match="--knowledge must be one of llm, name, none, got 'gpt'"):
+        STARHead.text_need({"knowledge": "gpt"})
+    with pytest.raises(ValueError, match="unknown option.*skc for method 'star'.*tsa"):  # another method's switch
+        build_method("star", dim=D, num_frames=T, text_dim=DT, skc=False)
     for bad, match in (({"knowledge": "bogus"}, "knowledge must be one of"), ({"strides": [1, 1]}, "distinct positive"),
                        ({"otam_weight": -1}, "weights must be >= 0"), ({"scan": "cuda"}, "scan must be one of"),
                        ({"tsa": "False"}, "option tsa must be true or false, got 'False'")):
         with pytest.raises(ValueError, match=match):
             _head(**bad)
     with pytest.raises(ValueError, match="built for 8 frames, got clips of 16"):
-        _head()(torch.randn(1, N, 1, 16, D), torch.randn(1, Q, 16, D), _text(e=1))
+        _head()(EpisodeBatch(torch.randn(1, N, 1, 16, D), torch.randn(1, Q, 16, D), text=_text(e=1)))
 
 
 # ------------------------------------------------------------------ missing knowledge
@@ -270,7 +272,7 @@ def test_missing_knowledge_is_one_line_naming_the_command(synth_root, fsar_cache
     assert "\n" not in message and "fsar-knowledge generate --dataset synthetic --kind star" in message
     support, query = _frames()
     with pytest.raises(ValueError) as err:
-        _head()(support, query, {"names": _text()["names"]})
+        _head()(EpisodeBatch(support, query, text={"names": _text()["names"]}))
     assert "\n" not in str(err.value) and GEN_HINT in str(err.value) and "knowledge=name|none" in str(err.value)
     with pytest.raises(ValueError, match="needs text embeddings"):
         build_method("star", dim=D, num_frames=T, text_dim=None)

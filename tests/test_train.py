@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fsar.model.registry import Head, HeadOutput, register_method
 from fsar.model.results import read_jsonl
@@ -22,9 +21,9 @@ def _loss_on(trainer: Trainer, episodes: range) -> float:
     trainer.model.eval()
     total = 0.0
     for g in episodes:
-        support, query, labels, text, classes = trainer._inputs(trainer._episodes(g, 1))
-        out = trainer.model(support, query, text, labels, features=trainer.use_cache, class_labels=classes)
-        total += float(F.cross_entropy(out.logits.flatten(0, 1), labels.flatten()) + sum(out.aux_losses.values()))
+        batch = trainer.source.batch(trainer.source.episodes(g, 1))
+        out = trainer.model(batch, features=trainer.use_cache)
+        total += float(trainer.model.loss(out, batch))
     trainer.model.train()
     return total / len(episodes)
 
@@ -70,8 +69,8 @@ class NanAfter(Head):
         self.scale = torch.nn.Parameter(torch.tensor(1.0))
         self.after, self.calls = after, 0
 
-    def forward(self, support, query, text=None, query_labels=None):
-        logits = query.mean(2) @ support.mean((2, 3)).transpose(-1, -2) * self.scale
+    def forward(self, batch):
+        logits = batch.query.mean(2) @ batch.support.mean((2, 3)).transpose(-1, -2) * self.scale
         if self.training:
             self.calls += 1
             if self.calls > self.after:

@@ -5,6 +5,7 @@ import torch
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
+from fsar.model.batch import EpisodeBatch
 from fsar.model.matching import bimhm_distance, episode_frame_distance
 from fsar.model.registry import Head, HeadOutput, register_method, scale_parameter
 
@@ -41,7 +42,8 @@ class BiMHMHead(Head):
         """x [B, T, D] -> [B, T, D] with temporal context."""
         return self.temporal(x + self.pos)
 
-    def forward(self, support: Tensor, query: Tensor, text=None, query_labels=None) -> HeadOutput:
+    def forward(self, batch: EpisodeBatch) -> HeadOutput:
+        support, query = batch.support, batch.query
         e, n = support.shape[:2]
         s = reduce(self.encode(rearrange(support, "e n k t d -> (e n k) t d")), "(e n k) t d -> e n t d", "mean", e=e, n=n)
         q = rearrange(self.encode(rearrange(query, "e q t d -> (e q) t d")), "(e q) t d -> e q t d", e=e)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
+from fsar.model.batch import EpisodeBatch
 from fsar.model.heads.bimhm import temporal_transformer
 from fsar.model.matching import episode_frame_distance, otam_bidirectional
 from fsar.model.registry import Head, HeadOutput, register_method, scale_parameter
@@ -55,9 +56,10 @@ class CLIPFSARHead(Head):
         x = torch.cat([token[:, None], frames], dim=1) + self.pos
         return self.temporal(x)[:, 1:]
 
-    def forward(self, support: Tensor, query: Tensor, text: dict[str, Tensor] | None = None, query_labels=None) -> HeadOutput:
+    def forward(self, batch: EpisodeBatch) -> HeadOutput:
+        support, query, query_labels = batch.support, batch.query, batch.query_labels
         e, n = support.shape[:2]
-        names = self.text_proj(text["names"])  # [E, N, D]
+        names = self.text_proj(batch.text["names"])  # [E, N, D]
         protos = reduce(support, "e n k t d -> (e n) t d", "mean")
         s = rearrange(self.modulate(rearrange(names, "e n d -> (e n) d"), protos), "(e n) t d -> e n t d", e=e)
         q_frames = rearrange(query, "e q t d -> (e q) t d")

@@ -33,28 +33,12 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
+from fsar.model.batch import EpisodeBatch
 from fsar.model.matching import bimhm_distance, otam_bidirectional, sinusoidal_positions
 from fsar.model.registry import Head, HeadOutput, heads_for, knowledge_need, register_method, scale_parameter
 
 KNOWLEDGE = ("llm", "name", "none")
 GEN_HINT = "fsar-knowledge generate --dataset DATASET --kind dist"
-
-
-def cli_options(knowledge: str = "llm", no_skc: bool = False, no_tkc: bool = False) -> dict:
-    """Map ``fsar-train --knowledge llm|name|none --no-skc --no-tkc`` to DiST head options (only non-defaults)."""
-    if knowledge not in KNOWLEDGE:
-        raise ValueError(f"--knowledge must be one of {', '.join(KNOWLEDGE)}, got '{knowledge}'")
-    if no_skc and no_tkc:
-        raise ValueError("--no-skc and --no-tkc together leave DiST nothing to match with; drop one of them")
-    opts: dict = {}
-    if knowledge != "llm":
-        opts["knowledge"] = knowledge
-    if no_skc:
-        opts["skc"] = False
-    if no_tkc:
-        opts["tkc"] = False
-    return opts
-
 
 
 def decoder(dim: int, heads: int, layers: int, dropout: float) -> nn.TransformerDecoder:
@@ -259,7 +243,8 @@ class DiSTHead(Head):
         dist = 1.0 - torch.einsum("eqnid,enjd->eqnij", F.normalize(q_proto, dim=-1), F.normalize(s_proto, dim=-1))
         return otam_bidirectional(dist, self.lam) / t
 
-    def forward(self, support: Tensor, query: Tensor, text: dict[str, Tensor] | None = None, query_labels=None) -> HeadOutput:
+    def forward(self, batch: EpisodeBatch) -> HeadOutput:
+        support, query, text = batch.support, batch.query, batch.text
         if support.dim() != 6 or query.dim() != 5:
             raise ValueError(f"DiST needs tokens [E, N, K, T, 1+P, D] and [E, Q, T, 1+P, D], got {tuple(support.shape)} and {tuple(query.shape)}")
         if support.shape[-2] < 2:

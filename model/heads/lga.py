@@ -44,7 +44,7 @@ Where the seed is silent, our choices (each an option, so ``--opt`` switches it 
 Ablation switches (the paper's table): ``segment`` cluster|uniform (visual anatomy on/off), ``knowledge``
 llm|name|none (llm = textual anatomy; name = textual anatomy off, the class-name prompt stands for every stage;
 none = no text, the fusion queries are the visual stages alone and only video-video matching exists), ``match``
-both|vv|vt, ``alpha`` the fusion weight. The number of stages is 3, fixed by the ``lga`` knowledge schema.
+both|vv|vt (default both, or vv with knowledge=none), ``alpha`` the fusion weight. The number of stages is 3, fixed by the ``lga`` knowledge schema.
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
+from fsar.model.batch import EpisodeBatch
 from fsar.model.matching import bimhm_distance
 from fsar.model.registry import Head, HeadOutput, heads_for, knowledge_need, register_method, scale_parameter
 from fsar.model.segment import cluster_segment, pool_stages, stage_weights, uniform_segment
@@ -65,29 +66,6 @@ QUERY_TEXT = ("class", "episode")
 CONTRASTIVE_FORM = ("video", "stage")
 TEXT_ITEMS = ("stages", "triplets", "sentences")
 GEN_HINT = "fsar-knowledge generate --dataset DATASET --kind lga"
-
-
-def cli_options(knowledge: str = "llm", segment: str = "cluster", match: str = "both",
-                no_skc: bool = False, no_tkc: bool = False) -> dict:
-    """Map ``fsar-train --knowledge llm|name|none --segment cluster|uniform --match both|vv|vt`` to LGA head options
-    (only non-defaults). ``--knowledge none`` implies ``match=vv`` (no text to match videos with)."""
-    if no_skc or no_tkc:
-        raise ValueError("--no-skc / --no-tkc are DiST switches; LGA's are --knowledge, --opt segment=... and --opt match=...")
-    for flag, value, choices in (("--knowledge", knowledge, KNOWLEDGE), ("--segment", segment, SEGMENT), ("--match", match, MATCH)):
-        if value not in choices:
-            raise ValueError(f"{flag} must be one of {', '.join(choices)}, got '{value}'")
-    if knowledge == "none" and match == "vt":
-        raise ValueError("--knowledge none leaves LGA no text for video-text matching; use --match vv or another --knowledge")
-    opts: dict = {}
-    if knowledge != "llm":
-        opts["knowledge"] = knowledge
-    if segment != "cluster":
-        opts["segment"] = segment
-    if knowledge == "none":
-        opts["match"] = "vv"
-    elif match != "both":
-        opts["match"] = match
-    return opts
 
 
 def ab_mhm_distance(dist: Tensor, window: int = 1) -> Tensor:
@@ -160,7 +138,7 @@ class LGAHead(Head):
         text_dim: int | None = None,
         knowledge: str = "llm",
         segment: str = "cluster",
-        match: str = "both",
+        match: str | None = None,
         alpha: float = 0.5,
         overlap: int = 1,
         window: int = 1,
@@ -174,6 +152,8 @@ class LGAHead(Head):
         text_scale: float = 10.0,
     ):
         super().__init__(dim, num_frames, text_dim)
+        if match is None:  # our choice: no text leaves video-video matching only, so knowledge=none implies vv
+            match = "vv" if knowledge == "none" else "both"
         for name, value, choices in (("knowledge", knowledge, KNOWLEDGE), ("segment", segment, SEGMENT), ("match", match, MATCH),
                                      ("query_text", query_text, QUERY_TEXT), ("contrastive_form", contrastive_form, CONTRASTIVE_FORM),
                                      ("text_item", text_item, TEXT_ITEMS)):
@@ -296,7 +276,10 @@ class LGAHead(Head):
             out["vt"] = self.video_text(q_stages, texts)
         return out
 
-    def forward(self, support: Tensor, query: Tensor, text: dict[str, Tensor] | None = None, query_labels=None) -> HeadOutput:
+    def forward(self, batch: EpisodeBatch) -> HeadOutput:
+        """Training: the V-V logits the paper's classification loss reads (with ``match=both``) plus the contrastive
+        loss; evaluation: the decision of the configured match. The loss is the default one (``Head.loss``)."""
+        support, query, text, query_labels = batch.support, batch.query, batch.text, batch.query_labels
         if support.dim() != 5 or query.dim() != 4:
             raise ValueError(f"LGA needs frame features [E, N, K, T, D] and [E, Q, T, D], got {tuple(support.shape)} and {tuple(query.shape)}")
         if support.shape[-2] < STAGES:

@@ -1,8 +1,7 @@
 """OTAM baseline (Cao et al., CVPR 2020): soft monotonic alignment of query and support frames, both directions."""
 from __future__ import annotations
 
-from torch import Tensor
-
+from fsar.model.batch import EpisodeBatch
 from fsar.model.matching import episode_frame_distance, otam_bidirectional
 from fsar.model.registry import Head, HeadOutput, register_method, scale_parameter
 
@@ -22,7 +21,7 @@ class OTAMHead(Head):
         self.lam = lam
         self.log_scale = scale_parameter(scale)
 
-    def forward(self, support: Tensor, query: Tensor, text=None, query_labels=None) -> HeadOutput:
-        frame_dist = episode_frame_distance(query, support)  # [E, Q, N, K, T, T]
+    def forward(self, batch: EpisodeBatch) -> HeadOutput:
+        frame_dist = episode_frame_distance(batch.query, batch.support)  # [E, Q, N, K, T, T]
         dist = otam_bidirectional(frame_dist, self.lam, reduction="sum").mean(dim=-1)  # [E, Q, N]
         return HeadOutput(-dist * self.log_scale.exp())

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from einops import reduce
-from torch import Tensor
-
+from fsar.model.batch import EpisodeBatch
 from fsar.model.registry import Head, HeadOutput, register_method, scale_parameter
 
 
@@ -16,8 +15,8 @@ class PrototypeHead(Head):
         super().__init__(dim, num_frames, text_dim)
         self.log_scale = scale_parameter(scale)
 
-    def forward(self, support: Tensor, query: Tensor, text=None, query_labels=None) -> HeadOutput:
-        protos = F.normalize(reduce(support, "e n k t d -> e n d", "mean"), dim=-1)
-        q = F.normalize(reduce(query, "e q t d -> e q d", "mean"), dim=-1)
+    def forward(self, batch: EpisodeBatch) -> HeadOutput:
+        protos = F.normalize(reduce(batch.support, "e n k t d -> e n d", "mean"), dim=-1)
+        q = F.normalize(reduce(batch.query, "e q t d -> e q d", "mean"), dim=-1)
         logits = q @ protos.transpose(-1, -2)  # [E, Q, N]
         return HeadOutput(logits * self.log_scale.exp())

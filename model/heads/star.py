@@ -53,25 +53,13 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from torch import Tensor, nn
 
+from fsar.model.batch import EpisodeBatch
 from fsar.model.matching import bimhm_distance, otam_bidirectional, sinusoidal_positions
 from fsar.model.registry import Head, HeadOutput, heads_for, knowledge_need, register_method, scale_parameter
 from fsar.model.ssm import IMPLEMENTATIONS, selective_scan
 
 KNOWLEDGE = ("llm", "name", "none")
 GEN_HINT = "fsar-knowledge generate --dataset DATASET --kind star"
-ABLATIONS = "--opt tsa=false, stpr=false, bidirectional=false, multi_frequency=false, sgf=false, asd=false, acu=false"
-
-
-def cli_options(knowledge: str = "llm", **flags) -> dict:
-    """Map ``fsar-train --knowledge llm|name|none`` to STAR head options (only non-defaults); STAR's ablations are
-    head options (``--opt tsa=false`` ...), so another method's switch (``--no-skc``) is a one-line error."""
-    if knowledge not in KNOWLEDGE:
-        raise ValueError(f"--knowledge must be one of {', '.join(KNOWLEDGE)}, got '{knowledge}'")
-    given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v]
-    if given:
-        raise ValueError(f"{', '.join(given)}: not a switch of star; its ablations are {ABLATIONS}")
-    return {} if knowledge == "llm" else {"knowledge": knowledge}
-
 
 
 class TextTokens(nn.Module):
@@ -374,7 +362,8 @@ class STARHead(Head):
             z = rearrange(self.stpr(rearrange(z, "b v c t d -> (b v c) t d"), s), "(b v c) t d -> b v c t d", b=b, v=v)
         return z
 
-    def forward(self, support: Tensor, query: Tensor, text: dict[str, Tensor] | None = None, query_labels=None) -> HeadOutput:
+    def forward(self, batch: EpisodeBatch) -> HeadOutput:
+        support, query, text = batch.support, batch.query, batch.text
         if support.dim() != 5 or query.dim() != 4:
             raise ValueError(f"STAR needs frame features [E, N, K, T, D] and [E, Q, T, D], got {tuple(support.shape)} and {tuple(query.shape)}")
         e, n, k, t, d = support.shape

@@ -5,6 +5,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from fsar.model.batch import EpisodeBatch
 from fsar.model.matching import frame_tuples, sinusoidal_positions, tuple_prototype_distance
 from fsar.model.registry import Head, HeadOutput, register_method
 
@@ -54,8 +55,8 @@ class TRXHead(Head):
         self.drop = nn.Dropout(dropout)
         self.cards = nn.ModuleList(TupleAttention(dim, c, key_dim) for c in cardinalities)
 
-    def forward(self, support: Tensor, query: Tensor, text=None, query_labels=None) -> HeadOutput:
-        support, query = support + self.pe, query + self.pe
+    def forward(self, batch: EpisodeBatch) -> HeadOutput:
+        support, query = batch.support + self.pe, batch.query + self.pe
         dist = torch.stack([card(self.drop(support), self.drop(query)) for card in self.cards]).mean(dim=0)
         return HeadOutput(-dist)
 
