@@ -267,6 +267,24 @@ def test_mask_loss_falls_when_masks_are_given():
     after = held_out_mask_loss()
     # 0.1875 is the best constant guess (a quarter of the pixels are foreground): the decoder must beat it
     assert after < 0.3 * before and after < 0.08, (before, after)  # measured: 0.249 -> 0.027
+    with torch.no_grad():
+        found = head.eval().predict_masks(held_out.query) > 0.5  # [E, Q, T, 16, 16]
+    target = held_out.query_masks > 0.5
+    iou = (found & target).sum() / (found | target).sum()
+    assert iou > 0.7, float(iou)  # measured: 0.88
+
+
+def test_predicted_masks_are_what_the_mask_loss_compares():
+    head = _head(mask_loss=2.0).train()
+    batch = _with_masks(_batch(k=2), size=16)
+    loss = head(batch).aux_losses["mask"]
+    with torch.no_grad():
+        s_pred, q_pred = head.predict_masks(batch.support), head.predict_masks(batch.query)
+    assert s_pred.shape == batch.support_masks.shape and q_pred.shape == batch.query_masks.shape
+    squared = torch.cat([(s_pred - batch.support_masks).pow(2).flatten(), (q_pred - batch.query_masks).pow(2).flatten()])
+    assert torch.allclose(loss, 2.0 * squared.mean(), atol=1e-6)
+    with pytest.raises(FsarError, match="no mask decoder"):
+        _head(ipm=False).predict_masks(batch.query)
 
 
 # ------------------------------------------------------------------ errors

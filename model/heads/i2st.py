@@ -264,6 +264,16 @@ class I2STHead(Head):
         glob, local = self.fusion(f_st)
         return glob, local, ins
 
+    def predict_masks(self, tokens: Tensor) -> Tensor:
+        """The decoder's mask probabilities for clips' tokens [..., T, 1 + P, D] -> [..., T, S, S] (for mask IoU in
+        benchmarks; classification never runs the decoder at evaluation)."""
+        if self.encoder is None:
+            raise FsarError("I2ST built with ipm=false has no mask decoder; build it with ipm=true to predict masks")
+        lead = tokens.shape[:-3]
+        flat = tokens.reshape(-1, *tokens.shape[-3:])
+        probs = torch.sigmoid(self.decode(self.instances(flat[:, :, 1:])))
+        return probs.reshape(*lead, *probs.shape[1:])
+
     # ------------------------------------------------------------------ losses
 
     def mask_loss(self, ins: Tensor, masks: Tensor, has: Tensor) -> Tensor:
