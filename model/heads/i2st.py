@@ -43,6 +43,10 @@ Our choices, where the paper is silent (each marked "our choice" in the code):
   (cosine / ``temperature``), so the global token learns to predict the frames' content; times ``contrastive``;
   training only, when query labels are given.
 
+Cost (dim 128, T 8, 4 x 4 grid, defaults): 0.88 M parameters, 55 k of them in the decoder; a 5-way 1-shot
+training episode with 5 queries and masks took 0.25 s forward and backward, evaluation 42 ms per episode (batches of
+10), on one core of a busy 2-core machine. ``predict_masks(tokens)`` runs the decoder on request (mask IoU).
+
 Ablation switches (constructor options, so ``--opt`` works and checkpoints record them): ``ipm=false`` (no
 instance stream and no mask loss), ``spatial=false``, ``temporal=false`` (with both off f_ST is the pooled image
 plus instance features), ``attention=self|cross``, ``matching=global_local|local|global``, ``frame_token=false``.
