@@ -87,6 +87,36 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(synth_root, 
     assert read_jsonl(tmp_path / "run" / "log.jsonl")[-1]["kind"] == "diverged"
 
 
+@register_method("test_own_loss")
+class OwnLoss(Head):
+    """Prototype-like logits, but a loss of its own, (w - 3)^2, that ignores them: the trainer must minimise it."""
+
+    def __init__(self, dim, num_frames, text_dim=None):
+        super().__init__(dim, num_frames, text_dim)
+        self.w = torch.nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, batch):
+        return HeadOutput(batch.query.mean(2) @ batch.support.mean((2, 3)).transpose(-1, -2) * self.w)
+
+    def loss(self, out, batch):
+        return (self.w - 3.0) ** 2
+
+
+def test_trainer_minimises_the_heads_own_loss_plus_the_class_loss(synth_root, fsar_cache, tmp_path):
+    cfg = fast_config(synth_root, tmp_path / "run", method="test_own_loss", episodes=10, val_every=10, lr=0.3,
+                      warmup=0.0, schedule="constant", test=False, class_loss=0.0)
+    trainer = Trainer(cfg)
+    trainer.run()
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "log.jsonl") if r["kind"] == "train"]
+    assert losses[0] == 9.0 and losses[-1] < 1.0 and abs(float(trainer.model.head.w.detach()) - 3.0) < 1.0, losses
+    # with a class loss the model adds it outside the head's loss (an overriding head cannot drop it)
+    trainer = Trainer(fast_config(synth_root, tmp_path / "class", method="test_own_loss", class_loss=0.5))
+    batch = trainer.source.batch(trainer.source.episodes(0, 2))
+    out = trainer.model(batch)
+    assert set(out.aux_losses) == {"class"} and float(out.aux_losses["class"]) > 0
+    assert torch.equal(trainer.model.loss(out, batch), (trainer.model.head.w - 3.0) ** 2 + out.aux_losses["class"])
+
+
 def test_result_records_protocol_and_eval_matches(synth_root, fsar_cache, tmp_path):
     result = train(fast_config(synth_root, tmp_path / "run", method="otam", episodes=6, val_every=3, test_episodes=40))
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
