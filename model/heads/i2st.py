@@ -42,6 +42,9 @@ Our choices, where the paper is silent (each marked "our choice" in the code):
   query's global token against the N class prototypes taken as the mean of the class's local prototypes
   (cosine / ``temperature``), so the global token learns to predict the frames' content; times ``contrastive``;
   training only, when query labels are given.
+- Weights and sizes the paper does not give: ``mask_loss`` = 1 (its lambda), ``contrastive`` = 0.1,
+  ``temperature`` = 0.1, ``heads`` = 4, ``decoder_width`` = 32, ``upsample`` = 2, ``dropout`` = 0.1. Masks given
+  without has-mask flags count as present; a side (support or query) without masks contributes no mask loss.
 
 Cost (dim 128, T 8, 4 x 4 grid, defaults): 0.88 M parameters, 55 k of them in the decoder; a 5-way 1-shot
 training episode with 5 queries and masks took 0.25 s forward and backward, evaluation 42 ms per episode (batches of
