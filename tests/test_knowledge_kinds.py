@@ -216,3 +216,60 @@ def test_the_built_in_kinds_keep_their_fingerprints(fsar_cache):
         got = (ks.fingerprint, schema_hash(kind, {}), schema_hash(kind, {"spatial": 3, "temporal": 2, "descriptors": 5}),
                template_hash(name), embeddings_fingerprint(ks.fingerprint, spec.id), _set_key(ks, spec, "a video of a person {name}"))
         assert got == pinned[name], name
+
+
+# ---------------------------------------------------------------- the stage boundary: the contract only reads
+
+
+def test_the_contract_only_reads_and_ensure_knowledge_makes_what_is_missing(fsar_cache, capfd):
+    from fsar.knowledge.errors import KnowledgeNotFoundError
+    from fsar.knowledge.pipeline import ensure_knowledge, needs_generation
+
+    H.register_tiny()
+    with pytest.raises(KnowledgeNotFoundError, match="run: fsar-knowledge generate --dataset tiny6 --kind dist"):
+        load_text_embeddings(H.DATASET, "dist")
+    H.save_dist()
+    with pytest.raises(FsarError, match="no embeddings of tiny6/dist/handwritten.*run: fsar-knowledge embed"):
+        load_text_embeddings(H.DATASET, "dist")
+    assert not (fsar_cache / "embeddings").exists()  # reading wrote nothing
+
+    # every class has knowledge: nothing to generate (no LLM), the set is embedded, and the contract reads it
+    assert not needs_generation(H.DATASET, "dist")
+    capfd.readouterr()
+    ensure_knowledge(H.DATASET, "dist", progress=False)
+    err = capfd.readouterr().err
+    assert "embedding the knowledge of 'handwritten'" in err and "generating" not in err
+    te = load_text_embeddings(H.DATASET, "dist")
+    assert te.items["spatial"].shape == (6, 4, 384)
+    ensure_knowledge(H.DATASET, "dist", progress=False)  # current: nothing to do, nothing printed
+    assert capfd.readouterr().err == ""
+
+    # a failed class is what generation would retry; a named set is used as it is, never generated into
+    H.save_dist(failed=("golf",))
+    assert needs_generation(H.DATASET, "dist") and needs_generation(H.DATASET, "dist", split="test")
+    assert not needs_generation(H.DATASET, "dist", split="train")
+    ensure_knowledge(H.DATASET, "dist", split="train", progress=False)  # the train classes are complete: embeds only
+    assert "generating" not in capfd.readouterr().err
+    ensure_knowledge(H.DATASET, "dist", model=H.MODEL, progress=False)
+    assert "generating" not in capfd.readouterr().err
+    assert load_text_embeddings(H.DATASET, "dist", allow_missing=True).info["missing"] == ["golf"]
+
+
+@pytest.mark.slow
+def test_ensure_knowledge_generates_with_the_report_the_cli_prints(fsar_cache, capfd):
+    """The real embedded LLM (Gemma 3 270M) makes the one val class's knowledge; the report is the CLI's."""
+    from fsar.cli.knowledge import app
+    from fsar.knowledge.pipeline import ensure_knowledge
+
+    H.register_tiny()
+    ensure_knowledge(H.DATASET, "dist", split="val", progress=False)
+    err = " ".join(capfd.readouterr().err.split())  # rich wraps long lines
+    assert "tiny6 · dist: knowledge missing for split 'val'; generating it" in err
+    assert "tiny6 · dist: 1/1 valid (0 kept, 1 LLM calls, 0 cached answers" in err, err
+    assert "embedding the knowledge of 'gemma-3-270m-q4_k_m'" in err
+    te = load_text_embeddings(H.DATASET, "dist", split="val")
+    assert te.class_keys == ["pour"] and te.has_knowledge.all()
+
+    r = CliRunner().invoke(app, ["generate", "--dataset", H.DATASET, "--kind", "dist", "--split", "val"])
+    assert r.exit_code == 0, r.output
+    assert "tiny6 · dist: 1/1 valid (1 kept, 0 LLM calls, 0 cached answers" in " ".join(r.output.split())
