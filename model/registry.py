@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fsar.core.registry import Registry
 from fsar.model.batch import EpisodeBatch
 
 
@@ -94,51 +95,30 @@ class Head(nn.Module):
         return loss
 
 
-_METHODS: dict[str, type[Head]] = {}
+METHODS: Registry[type[Head]] = Registry("method", package="fsar.model.heads")
 
 
 def register_method(name: str) -> Callable[[type[Head]], type[Head]]:
-    """Class decorator: make a Head available to ``fsar-train --method NAME``."""
+    """Class decorator: make a Head available to ``fsar-train --method NAME`` (a name registered twice is refused)."""
 
     def wrap(cls: type[Head]) -> type[Head]:
         if not (isinstance(cls, type) and issubclass(cls, Head)):
             raise TypeError(f"method '{name}' must be a subclass of fsar.model.registry.Head")
-        _METHODS[name] = cls
+        METHODS.register(name, cls)
         cls.method_name = name
         return cls
 
     return wrap
 
 
-def _load_builtin() -> None:
-    """Import the head modules shipped with fsar (each registers itself)."""
-    import importlib
-    import pkgutil
-
-    import fsar.model.heads as heads
-
-    for mod in pkgutil.iter_modules(heads.__path__):
-        try:
-            importlib.import_module(f"fsar.model.heads.{mod.name}")
-        except Exception as e:  # one broken head module must not take every other method down with it
-            import warnings
-
-            warnings.warn(f"head module fsar.model.heads.{mod.name} failed to import ({type(e).__name__}: {e})", stacklevel=2)
-
-
 def list_methods() -> list[str]:
     """Names of all registered methods, sorted."""
-    _load_builtin()
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> type[Head]:
-    """The Head class registered as ``name``; a one-line error lists the choices."""
-    if name not in _METHODS:
-        _load_builtin()
-    if name not in _METHODS:
-        raise KeyError(f"unknown method '{name}'; choose one of: {', '.join(list_methods())}")
-    return _METHODS[name]
+    """The Head class registered as ``name``; an unknown name is a one-line UnknownName listing the choices."""
+    return METHODS.get(name)
 
 
 def build_method(name: str, dim: int, num_frames: int, text_dim: int | None = None, **options) -> Head:

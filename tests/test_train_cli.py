@@ -119,7 +119,7 @@ class BugInForward(Head):
         super().__init__(dim, num_frames, text_dim)
         self.w = torch.nn.Parameter(torch.ones(1))
 
-    def forward(self, support, query, text=None, query_labels=None) -> HeadOutput:
+    def forward(self, batch) -> HeadOutput:
         raise ValueError("a bug, not a user error")
 
 
