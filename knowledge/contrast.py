@@ -23,6 +23,7 @@ from pathlib import Path
 from fsar.data.paths import atomic_write_text, cache_root
 from fsar.knowledge.backends import Backend, Sampling, make_backend
 from fsar.knowledge.cache import ResponseCache, canonical_json, request_key, sha256_text
+from fsar.knowledge.errors import KnowledgeError
 from fsar.knowledge.prompting import render_contrast_prompt, template_hash
 from fsar.knowledge.schemas import CONTRAST_COUNTS, CONTRAST_FIELDS, contrast_schema
 from fsar.knowledge.validate import InvalidAnswer, _near_duplicate, validate_contrast
@@ -164,9 +165,9 @@ def contrast_knowledge(
     from fsar.knowledge.store import load_knowledge, save_knowledge
 
     if kind != "dist":
-        raise ValueError(f"contrast adds spatial and temporal phrases, so it is for --kind dist, not '{kind}'")
+        raise KnowledgeError(f"contrast adds spatial and temporal phrases, so it is for --kind dist, not '{kind}'")
     if max_pairs is not None and max_pairs < 1:
-        raise ValueError(f"--max-pairs must be at least 1, got {max_pairs}")
+        raise KnowledgeError(f"--max-pairs must be at least 1, got {max_pairs}")
     opts = options or GenerateOptions()
     th = thresholds or Thresholds()
     c = {**CONTRAST_COUNTS, **(counts or {})}
@@ -175,7 +176,7 @@ def contrast_knowledge(
     try:
         source_model = source_model or be.slug
         if source_model.endswith(SUFFIX):
-            raise ValueError(f"'{source_model}' is already a contrast set; contrast its source set instead")
+            raise KnowledgeError(f"'{source_model}' is already a contrast set; contrast its source set instead")
         rep = build_report(dataset, kind, source_model, encoder, th)
         ks = rep.ks
         rows = {r["class_key"]: dict(r) for r in ks.rows}

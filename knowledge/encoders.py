@@ -18,12 +18,14 @@ from typing import Callable
 
 import numpy as np
 
+from fsar.core.errors import FsarError
+
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 # names that mean the packaged default model
 _DEFAULT_ALIASES = {"default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 
-class EncoderError(ValueError):
+class EncoderError(FsarError, ValueError):
     """An encoder that cannot be resolved or loaded: a one-line reason and what to do."""
 
 

@@ -21,6 +21,7 @@ from fsar.data.paths import atomic_write_text, cache_root, ensure_writable
 from fsar.data.registry import ClassInfo, DatasetInfo, get_dataset, load_class_file
 from fsar.knowledge.backends import Backend, Sampling, make_backend
 from fsar.knowledge.cache import ResponseCache, canonical_json, request_key, sha256_text
+from fsar.knowledge.errors import KnowledgeError
 from fsar.knowledge.prompting import render_prompt, template_hash
 from fsar.knowledge.kinds import KnowledgeKind, parse_kinds
 from fsar.knowledge.store import KnowledgeSet, knowledge_dir, load_knowledge, merge_knowledge
@@ -88,12 +89,12 @@ def resolve_classes(dataset: str | None, classes_file: str | Path | None, split:
         classes = list(info.classes)
     else:
         if not dataset:
-            raise ValueError("give --dataset NAME or --classes FILE")
+            raise KnowledgeError("give --dataset NAME or --classes FILE")
         info = get_dataset(dataset)
         classes = info.split(split)
     if limit is not None:
         if limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {limit}")
+            raise KnowledgeError(f"--limit must be at least 1, got {limit}")
         classes = classes[:limit]
     return info, classes
 
@@ -286,7 +287,7 @@ def generate_knowledge(
     """Generate (or complete) the knowledge sets of ``dataset`` for each kind in ``kinds`` ("dist,lga" or "all")."""
     opts = options or GenerateOptions()
     if opts.max_attempts < 1:
-        raise ValueError(f"--max-attempts must be at least 1, got {opts.max_attempts}")
+        raise KnowledgeError(f"--max-attempts must be at least 1, got {opts.max_attempts}")
     kind_list = parse_kinds(kinds)
     info, classes = resolve_classes(dataset, classes_file, split, limit)
     ensure_writable(cache_root())

@@ -31,6 +31,7 @@ from fsar.data.paths import atomic_write_bytes, atomic_write_text, cache_root
 from fsar.knowledge.cache import canonical_json
 from fsar.knowledge.embed import _check_nonempty, embed_knowledge, load_embeddings
 from fsar.knowledge.encoders import normalize
+from fsar.knowledge.errors import KnowledgeError
 from fsar.knowledge.kinds import get_kind
 from fsar.knowledge.store import KnowledgeSet, load_knowledge, save_knowledge
 from fsar.knowledge.validate import normalize as normalize_text
@@ -295,7 +296,7 @@ def filter_knowledge(rep: Report, out_model: str | None = None) -> KnowledgeSet:
     ks = rep.ks
     out_model = out_model or f"{ks.model}.filtered"
     if out_model == ks.model:
-        raise ValueError(f"the filtered set needs a new model name, not '{ks.model}'")
+        raise KnowledgeError(f"the filtered set needs a new model name, not '{ks.model}'")
     drop: dict[str, dict[tuple[str, int], list[str]]] = {}
     for it in d["items"]:
         if it["drop"]:

@@ -19,6 +19,7 @@ from fsar.data.paths import atomic_write_bytes, check_name
 from fsar.knowledge.cache import canonical_json, sha256_text
 from fsar.knowledge.embed import embed_command, embeddings_root, encode_texts, list_embeddings, read_set
 from fsar.knowledge.encoders import EncoderSpec, resolve_encoder
+from fsar.knowledge.errors import KnowledgeError, KnowledgeNotFoundError
 
 APPROX_THRESHOLD = 100_000  # vectors; below it exact search takes < ~20 ms a query on 2 busy CPU cores (bench_search)
 DEFAULT_NPROBE = 32  # recall@10 0.96 at 1M x 384 with nlist 1000 (bench/bench_search.py)
@@ -108,7 +109,7 @@ def load_collection(dataset: str = "all", encoder: str | None = None, kind: str 
         where = f"data set '{scope}'" if scope else "any data set"
         others = sorted({m["encoder"] for m in list_embeddings(scope)})
         hint = f" (there are embeddings with {', '.join(others)}: pass --encoder)" if others else ""
-        raise FileNotFoundError(f"no embeddings for {where} with encoder {spec.id}{hint}; run: {embed_command(ds, kd, encoder)}")
+        raise KnowledgeNotFoundError(f"no embeddings for {where} with encoder {spec.id}{hint}; run: {embed_command(ds, kd, encoder)}")
     rows, vecs, seen = [], [], set()
     for m in sets:
         es = read_set(Path(m["path"]))
@@ -156,9 +157,9 @@ def search(query: str, dataset: str = "all", k: int = 10, encoder: str | None = 
            collection: Collection | None = None) -> tuple[list[Hit], list[Hit]]:
     """Top-k knowledge items and top-k classes (each class scored by its best item or name) for a query."""
     if not query or not query.strip():
-        raise ValueError("the search query is empty; give some text, e.g. fsar-knowledge search \"swinging a club\"")
+        raise KnowledgeError("the search query is empty; give some text, e.g. fsar-knowledge search \"swinging a club\"")
     if k < 1:
-        raise ValueError(f"--k must be at least 1, got {k}")
+        raise KnowledgeError(f"--k must be at least 1, got {k}")
     col = collection or load_collection(dataset, encoder, kind)
     index = collection_index(col)
     q, _ = encode_texts([query.strip()], col.encoder)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
+from fsar.core.errors import FsarError
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -48,7 +50,7 @@ def redact_secrets(text: str) -> str:
     return _USERINFO.sub("***@", text)
 
 
-class BackendError(RuntimeError):
+class BackendError(FsarError, RuntimeError):
     """A backend that cannot run (bad model file, unreachable server, missing package): a one-line reason."""
 
 
