@@ -1,14 +1,15 @@
-"""The one typed input of a few-shot head: a batch of E episodes, built by one source for training and evaluation.
+"""The one typed input of a few-shot head: a batch of E episodes, built by one source (``fsar.model.source``) for
+training and evaluation.
 
 Shapes (E episodes, N way, K shot, Q queries, T frames, D features, P patch tokens):
 
 - ``support``: [E, N, K, T, D] pooled frame features, or [E, N, K, T, 1 + P, D] tokens when the head needs tokens;
   ``support[e, n]`` are the K videos of the episode's n-th class.
 - ``query``: [E, Q, T, D] or [E, Q, T, 1 + P, D].
-- ``query_labels``: [E, Q] in 0..N-1; given at training (for losses), may be None at evaluation.
+- ``query_labels``: [E, Q] in 0..N-1; given at training (for losses), None at evaluation (never scored with).
 - ``text``: None unless the head needs text; then {key: [E, N, ...]} in episode class order (``names`` [E, N, Dt]
   always; a knowledge kind's items and their ``<item>_mask``).
-- ``support_masks`` / ``query_masks``: None unless the head needs masks and the split has them; then
+- ``support_masks`` / ``query_masks``: None unless training a head that needs masks (``Head.needs_masks``); then
   [E, N, K, T, h, w] / [E, Q, T, h, w] in 0..1, on the same frames and crops as the clips. ``*_has_mask``
   [E, N, K] / [E, Q] bool says which videos have a mask file (a video without one contributes no mask loss).
 - ``class_labels``: (support [E, N, K], query [E, Q]) global training-class indices, training only.

@@ -112,6 +112,7 @@ class TrainingSource(EpisodeSource):
         self.loader, self.sampler, self.shot, self.seed = loader, sampler, shot, seed
         self.rank, self.world, self.masks = rank, world, masks
         self.views: Tensor | None = None
+        self.unmasked: set[int] = set()  # training videos met without a mask file (the trainer reports how many)
         labels = sorted({r.label for r in self.records})
         self.class_lut = torch.full((max(labels) + 1,), -1, dtype=torch.long)  # record label -> training class
         self.class_lut[torch.tensor(labels)] = torch.arange(len(labels))
@@ -156,6 +157,8 @@ class TrainingSource(EpisodeSource):
         batch = EpisodeBatch(support.to(self.device), query.to(self.device), labels.to(self.device), text,
                              class_labels=class_labels)
         if masks is not None:
+            slots = torch.cat([sup.flatten(1), qry], dim=1)  # [E, N*K + Q] record indices
+            self.unmasked.update(slots[~masks[1].bool()].tolist())
             m, h = masks[0].float().to(self.device), masks[1].bool().to(self.device)
             batch = replace(batch, support_masks=m[:, :n_s].unflatten(1, tuple(sup.shape[1:])), query_masks=m[:, n_s:],
                             support_has_mask=h[:, :n_s].unflatten(1, tuple(sup.shape[1:])), query_has_mask=h[:, n_s:])

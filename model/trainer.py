@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -205,6 +206,10 @@ class Trainer:
                     next_val = (self.episode // cfg.val_every + 1) * cfg.val_every
                     self._validate_and_save()
                     last_good = self.last_path
+        if self.source.unmasked:  # never silently: the head trained these videos without its mask loss
+            self.log({"kind": "masks", "videos_without_masks": len(self.source.unmasked)})
+            warnings.warn(f"{len(self.source.unmasked)} training videos have no mask file; they trained without the "
+                          "mask loss (make masks with: fsar-data masks)", stacklevel=2)
         if self.episode < cfg.episodes:  # --stop-at: keep a checkpoint to resume from
             self.save(self.last_path)
             return {"stopped_at": self.episode, "run_dir": str(self.out)}
