@@ -85,6 +85,7 @@ class Head(nn.Module):
         return cls.needs_text
 
     def forward(self, batch: EpisodeBatch) -> HeadOutput:
+        """Logits [E, Q, N] of every query of every episode against its episode's N classes."""
         raise NotImplementedError
 
     def loss(self, out: HeadOutput, batch: EpisodeBatch) -> Tensor:
