@@ -120,7 +120,7 @@ def summarize(rows: list[dict], baseline: str = "prototype") -> list[dict]:
 
 def table(lines: list[dict], args) -> str:
     head = ("| method | shot | seeds | test acc. % (mean of seeds) | spread across seeds (std) | episode 95% CI | "
-            "paired diff. to prototype (95% CI) | reversed pairs % | final train loss | wall s per run |")
+            f"paired diff. to {args.baseline} (95% CI) | reversed pairs % | final train loss | wall s per run |")
     rows = [head, "|" + "---|" * 10]
     for ln in lines:
         diff = f"{ln['paired_diff']:+.2f} ± {ln['paired_ci95']:.2f}" if "paired_diff" in ln else "-"
@@ -181,6 +181,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--merge", nargs="+", type=Path, default=None, help="join the bench_methods.json of these folders")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--baseline", default="prototype", help="row the paired differences are taken to (e.g. star for its ablations)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
     defaults = TrainConfig()
@@ -214,7 +215,7 @@ def main() -> None:
                           f"loss {r['first_loss']:.2f} -> {r['last_loss']:.2f}, {r['seconds']:.0f} s", flush=True)
                     report["runs"] = rows
                     path.write_text(json.dumps(report, indent=2))
-    lines = summarize(rows)
+    lines = summarize(rows, args.baseline)
     report["runs"], report["summary"] = rows, lines
     path.write_text(json.dumps(report, indent=2))
     print()
