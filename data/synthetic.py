@@ -281,11 +281,11 @@ def _smoothstep(p: np.ndarray | float) -> np.ndarray | float:
     return p * p * (3 - 2 * p)
 
 
-def _render(program: str, obj: str, rng: np.random.Generator, size: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Render a forward (non-reversed) program: uint8 frames [F, S, S, 3] and masks [F, S, S]."""
-    prog = PROGRAMS[program]
-    family = prog.family
-    # --- per-video appearance
+def _appearance_and_timing(rng: np.random.Generator, size: int) -> tuple:
+    """The first draws of a video: appearance, then the action's onset a and duration d (fractions of the clip).
+
+    Split out of ``_render`` so ``action_span`` replays exactly these draws without rendering a frame.
+    """
     background = _background(rng, size)
     ocol, odet = _color(rng), _color(rng, (0.3, 1.0), (0.1, 0.5))
     r = rng.uniform(0.09, 0.12)
@@ -296,6 +296,14 @@ def _render(program: str, obj: str, rng: np.random.Generator, size: int, frames:
     # --- action timing: onset a, duration d (fractions of the clip), eased progress
     d = rng.uniform(0.35, 0.8)
     a = rng.uniform(0, 1 - d)
+    return background, ocol, odet, r, tilt, floor_y, skin, a, d
+
+
+def _render(program: str, obj: str, rng: np.random.Generator, size: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render a forward (non-reversed) program: uint8 frames [F, S, S, 3] and masks [F, S, S]."""
+    prog = PROGRAMS[program]
+    family = prog.family
+    background, ocol, odet, r, tilt, floor_y, skin, a, d = _appearance_and_timing(rng, size)
     m = rng.uniform(0.35, 0.6)  # how far a "pretending" action goes before coming back
     # --- family parameters
     P: dict = {}
@@ -426,9 +434,7 @@ def render_video(key: str, seed: int | Sequence[int], size: int = DEFAULTS["size
     row = _BY_KEY[key]
     prog = PROGRAMS[row["program"]]
     base = prog.reverse_of or prog.name
-    seeds = [seed] if isinstance(seed, int) else list(seed)
-    rng = np.random.default_rng(seeds + [_stable_int(f"{PROGRAMS[base].family}/{row['object']}")])
-    out, masks = _render(base, row["object"], rng, size, frames)
+    out, masks = _render(base, row["object"], _rng_of(key, seed), size, frames)
     if prog.reverse_of:
         out, masks = out[::-1].copy(), masks[::-1].copy()
     return out, masks
@@ -631,6 +637,37 @@ def _generate(out: Path, keys: list[str], params: dict, progress: bool, workers:
                     programs={k: [_BY_KEY[k]["program"], _BY_KEY[k]["object"]] for k in keys})
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return manifest
+
+
+def _rng_of(key: str, seed: int | Sequence[int]) -> np.random.Generator:
+    """The generator ``render_video`` draws a video of class ``key`` from (forward program's family and object)."""
+    row = _BY_KEY[key]
+    prog = PROGRAMS[row["program"]]
+    base = prog.reverse_of or prog.name
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    return np.random.default_rng(seeds + [_stable_int(f"{PROGRAMS[base].family}/{row['object']}")])
+
+
+def action_span(record) -> tuple[float, float]:
+    """(onset, offset) of the action in a synthetic video, as fractions of the clip (frame t sits at t / (F - 1)).
+
+    Derived from the generator's seed (the manifest's seed, the class key and the video's index) by replaying the
+    draws ``_render`` makes before the timing, so neither the videos nor the fingerprint change. A reversed class
+    plays its forward program backwards, so its span is mirrored: (1 - a - d, 1 - a).
+    """
+    from fsar.core.errors import FsarError
+
+    root = Path(getattr(record, "root", "") or Path(record.path).parent.parent)
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise FsarError(f"no readable manifest.json in {root}; regenerate with `fsar-data synth --root {root}`")
+    key, vid = record.class_key, record.video_id
+    i = int(vid.rsplit("-", 1)[1])
+    rng = _rng_of(key, [manifest["seed"], _stable_int(key), i])
+    *_, a, d = _appearance_and_timing(rng, manifest["size"])
+    if PROGRAMS[_BY_KEY[key]["program"]].reverse_of:
+        return float(1 - a - d), float(1 - a)
+    return float(a), float(a + d)
 
 
 def mask_path(record) -> Path:
