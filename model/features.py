@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from fsar.data.video import UnreadableVideo, load_clip
+from fsar.data.video import sample_frames, segment_indices, transform_clip
 from fsar.model.backbones import state_fingerprint
 
 
@@ -33,13 +34,19 @@ class ClipLoader:
     those frames but no temporal jitter. Without it every clip is decoded again (train: random frame per segment).
     An unreadable video met while training is replaced by the next readable video of its class that is not already
     in the episode (deterministic), with a warning; ``bad`` counts them.
+
+    Masks (``with_masks=True``, ``view_masks``): the acting-object mask file of each video (``<video>.masks.npz``,
+    uint8 [F, h, w], > 0 = acting part) on exactly the frames, crop and flip of its clip, as float [T, S, S] in 0..1
+    (the fraction of each cell covered), S = ``mask_size`` (default: clip size // 4). A video without a mask file
+    gives zeros and has_mask False. The mask file is assumed to cover the whole frame (same aspect ratio).
     """
 
     def __init__(self, records: Sequence, num_frames: int, size: int, norm: str, seed: int = 0,
-                 frame_cache: bool = False, progress: bool = False):
+                 frame_cache: bool = False, progress: bool = False, mask_size: int | None = None):
         from fsar.data.transforms import normalize
 
         self.records, self.num_frames, self.size, self.norm, self.seed = list(records), num_frames, size, norm, seed
+        self.mask_size = mask_size or max(1, size // 4)  # our choice: a quarter of the clip size
         self._normalize = normalize
         self.cache = None
         if frame_cache:
@@ -59,12 +66,100 @@ class ClipLoader:
             x = load_clip(self.records[i], num_frames=self.num_frames, train=train, size=self.size, generator=generator)
         return self._normalize(x, self.norm)
 
-    def test_clips(self, indices: Sequence[int]) -> Tensor:
-        """Deterministic clips of the given records: [B, T, 3, H, W]."""
-        return torch.stack([self.clip(int(i)) for i in indices])
+    def clip_and_mask(self, i: int, train: bool = False,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, bool]:
+        """Clip ``i`` (float [T, 3, H, W], the very clip ``clip`` gives for the same generator state), its masks
+        on the same frames and crop (float [T, S, S]) and whether a mask file exists (raises UnreadableVideo)."""
+        rec, T = self.records[i], self.num_frames
+        if self.cache is None:
+            frames, idx = sample_frames(rec.path, T, train, generator)
+            m = self._mask_frames(i, idx, frames.shape[1], frames.shape[2])
+            if m is None:
+                x = transform_clip(frames, rec, train, self.size, generator)
+            else:
+                x, m = transform_clip(frames, rec, train, self.size, generator, extra=m)
+        else:
+            from fsar.data import transforms
 
-    def train_clips(self, indices: Sequence[int], episode: int) -> Tensor:
-        """Augmented clips for one episode; slot j's randomness comes from (seed, episode, j) only."""
+            cached = self.cache.frames(i)  # t c h w, test frames resized and centre-cropped to side
+            side = cached.shape[-1]
+            m = self._mask_frames(i, None, None, None)
+            if m is not None:  # the frame cache's geometry: short side to `side`, centre crop
+                m = transforms.center_crop(transforms.resize_short_side(m, side), side)
+            if not train:
+                x = transforms.center_crop(cached, self.size)
+                m = None if m is None else transforms.center_crop(m, self.size)
+            else:
+                frames = cached.permute(0, 2, 3, 1).numpy()  # t c h w -> t h w c
+                out = transform_clip(frames, rec, True, self.size, generator, crop_ratio=self.size / side, extra=m)
+                x, m = out if m is not None else (out, None)
+        x = self._normalize(x, self.norm)
+        S = self.mask_size
+        if m is None:
+            return x, torch.zeros(T, S, S), False
+        # area average to S x S: each cell is the fraction of its pixels on an acting part
+        m = torch.nn.functional.adaptive_avg_pool2d(m.float(), (S, S)).squeeze(1).clamp(0, 1)  # t 1 h w -> t s s
+        return x, m, True
+
+    def _mask_frames(self, i: int, idx: list[int] | None, height: int | None, width: int | None) -> Tensor | None:
+        """Masks of record ``i`` at frame indices ``idx`` (None: the test indices) as float [T, 1, H, W] in 0..1,
+        resized to (height, width) when given; None when the video has no mask file."""
+        from fsar.core.errors import FsarError
+        from fsar.data import transforms
+        from fsar.data.synthetic import mask_path
+
+        path = mask_path(self.records[i])
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as data:
+                masks = np.asarray(data["masks"])
+            if masks.ndim != 3 or len(masks) == 0:
+                raise ValueError(f"shape {masks.shape}, expected [F, h, w]")
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+            raise FsarError(f"unreadable mask file {path} ({e}); delete it and rewrite it with "
+                            f"`fsar-data masks --dataset {self.records[i].dataset or 'D'} --root R`") from None
+        if idx is None:
+            idx = segment_indices(len(masks), self.num_frames, False)
+        idx = [min(int(t), len(masks) - 1) for t in idx]
+        m = torch.from_numpy((masks[idx] > 0).astype(np.float32)).unsqueeze(1)  # t h w -> t 1 h w
+        if height is not None and (height, width) != tuple(m.shape[-2:]):
+            m = transforms.resize(m, height, width)
+        return m
+
+    def mask_available(self) -> bool:
+        """Whether any record has a mask file."""
+        from fsar.data.synthetic import mask_path
+
+        return any(mask_path(r).is_file() for r in self.records)
+
+    def view_masks(self, indices: Sequence[int], view: int) -> tuple[Tensor, Tensor]:
+        """Masks [B, T, S, S] and has_mask [B] on exactly the frames and crops of cached feature view ``view``
+        (0: the test clip; v > 0: the augmentation ``extract_features`` draws from (seed, 104729, v, index))."""
+        masks, has = [], []
+        for i in indices:
+            i = int(i)
+            g = None if view == 0 else torch.Generator().manual_seed(derived_seed(self.seed, 104729, view, i))
+            try:
+                _, m, h = self.clip_and_mask(i, train=view != 0, generator=g)
+            except UnreadableVideo:
+                m, h = torch.zeros(self.num_frames, self.mask_size, self.mask_size), False
+            masks.append(m)
+            has.append(h)
+        return torch.stack(masks), torch.tensor(has, dtype=torch.bool)
+
+    def test_clips(self, indices: Sequence[int], with_masks: bool = False):
+        """Deterministic clips of the given records: [B, T, 3, H, W]; with masks: (clips, masks [B, T, S, S], has_mask [B])."""
+        if not with_masks:
+            return torch.stack([self.clip(int(i)) for i in indices])
+        out = [self.clip_and_mask(int(i)) for i in indices]
+        return (torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out]),
+                torch.tensor([o[2] for o in out], dtype=torch.bool))
+
+    def train_clips(self, indices: Sequence[int], episode: int, with_masks: bool = False):
+        """Augmented clips for one episode; slot j's randomness comes from (seed, episode, j) only.
+
+        With masks: (clips [B, T, 3, H, W], masks [B, T, S, S] on the same frames and crops, has_mask [B])."""
         used = {int(i) for i in indices}
         out = []
         for j, i in enumerate(indices):
@@ -72,7 +167,8 @@ class ClipLoader:
             for cand in [i] + self._substitutes(i, used):
                 g = torch.Generator().manual_seed(derived_seed(self.seed, episode, j))
                 try:
-                    out.append(self.clip(cand, train=True, generator=g))
+                    out.append(self.clip_and_mask(cand, train=True, generator=g) if with_masks
+                               else self.clip(cand, train=True, generator=g))
                     used.add(cand)
                     break
                 except UnreadableVideo as e:
@@ -81,6 +177,9 @@ class ClipLoader:
                         warnings.warn(f"skipping unreadable video {e.path} ({e.reason}); using another of its class", stacklevel=2)
             else:
                 raise UnreadableVideo(self.records[i].path, "no readable video of this class is left")
+        if with_masks:
+            return (torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out]),
+                    torch.tensor([o[2] for o in out], dtype=torch.bool))
         return torch.stack(out)
 
     def _substitutes(self, i: int, used: set[int]) -> list[int]:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from fsar.data import synthetic as syn
 from fsar.data.loaders import list_videos
+from fsar.model.features import derived_seed
 
 CLASSES = [syn.class_key("push_lr", "ball"), syn.class_key("push_rl", "ball"), syn.class_key("pretend_push", "ball"),
            syn.class_key("lift", "book"), syn.class_key("closer", "star")]
@@ -35,3 +37,58 @@ def test_action_span_matches_where_the_hand_acts(span_set):
     assert with_hand >= len(records) - 1
     assert len(set(spans)) == len(spans)  # drawn per video, not a constant
 
+
+
+def _square_video(folder, name: str, n: int = 12, size: int = 48):
+    """A dark video with a bright square that moves, and its mask file marking the square."""
+    from fsar.data.loaders import VideoRecord
+    from fsar.data.video import encode_mp4
+
+    frames = np.full((n, size, size, 3), 20, np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
+    for t in range(n):
+        x = 4 + 2 * t
+        frames[t, 10:26, x:x + 12] = 230
+        masks[t, 10:26, x:x + 12] = 1
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.mp4"
+    path.write_bytes(encode_mp4(frames))
+    np.savez_compressed(folder / f"{name}.masks.npz", masks=masks)
+    return VideoRecord(path=path, class_key="x", label=0, video_id=name, dataset="hmdb51")
+
+
+@pytest.mark.parametrize("frame_cache", [False, True])
+def test_masks_follow_the_clip_geometry(tmp_path, fsar_cache, frame_cache):
+    from fsar.core.errors import FsarError
+    from fsar.model.features import ClipLoader
+
+    recs = [_square_video(tmp_path / "v", f"a{i}") for i in range(3)]
+    (tmp_path / "v" / "a2.masks.npz").unlink()  # a video without masks
+    loader = ClipLoader(recs, num_frames=4, size=32, norm="clip", seed=1, frame_cache=frame_cache, mask_size=32)
+    assert loader.mask_available()
+    plain = loader.train_clips([0, 1, 2], episode=3)
+    clips, masks, has = loader.train_clips([0, 1, 2], episode=3, with_masks=True)
+    assert torch.equal(clips, plain)  # the masks change nothing about the clips
+    assert masks.shape == (3, 4, 32, 32) and has.tolist() == [True, True, False]
+    assert float(masks[2].abs().sum()) == 0 and 0 < float(masks[:2].mean()) < 1
+    for ep in range(4):  # the mask moves with the pixels: bright inside, dark outside, whatever the crop and flip
+        c, m, _ = loader.train_clips([0, 1], episode=ep, with_masks=True)
+        lum = c.mean(dim=2)  # b t h w
+        assert float(lum[m > 0.9].mean()) > float(lum[m < 0.1].mean()) + 1.0
+    test, tmasks, thas = loader.test_clips([0, 2], with_masks=True)
+    assert torch.equal(test, loader.test_clips([0, 2])) and thas.tolist() == [True, False]
+    lum = test.mean(dim=2)
+    assert float(lum[0][tmasks[0] > 0.9].mean()) > float(lum[0][tmasks[0] < 0.1].mean()) + 1.0
+    vm, vh = loader.view_masks([0, 2], view=0)
+    assert torch.equal(vm, tmasks) and vh.tolist() == [True, False]
+    vm2, _ = loader.view_masks([0, 1], view=2)
+    g = torch.Generator().manual_seed(derived_seed(1, 104729, 2, 1))
+    clip, m, _ = loader.clip_and_mask(1, train=True, generator=g)
+    assert torch.equal(vm2[1], m) and not torch.equal(vm2[1], tmasks[0])
+    g = torch.Generator().manual_seed(derived_seed(1, 104729, 2, 1))
+    assert torch.equal(clip, loader.clip(1, train=True, generator=g))  # the view extract_features caches
+    (tmp_path / "v" / "a1.masks.npz").write_bytes(b"not a zip")
+    with pytest.raises(FsarError, match="a1.masks.npz.*fsar-data masks"):
+        loader.test_clips([1], with_masks=True)
+    small = ClipLoader(recs[:1], num_frames=4, size=32, norm="clip")
+    assert small.test_clips([0], with_masks=True)[1].shape == (1, 4, 8, 8)  # default S = size // 4
