@@ -92,3 +92,61 @@ def test_masks_follow_the_clip_geometry(tmp_path, fsar_cache, frame_cache):
         loader.test_clips([1], with_masks=True)
     small = ClipLoader(recs[:1], num_frames=4, size=32, norm="clip")
     assert small.test_clips([0], with_masks=True)[1].shape == (1, 4, 8, 8)  # default S = size // 4
+
+
+def _tiny_clipseg(folder):
+    """A CLIPSeg with a small random config and an offline processor (tiny letter vocabulary, CLIP normalisation)."""
+    import json
+
+    from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer,
+                              ViTImageProcessor)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    images = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.48145466, 0.4578275, 0.40821073],
+                               image_std=[0.26862954, 0.26130258, 0.27577711])
+    CLIPSegProcessor(image_processor=images, tokenizer=tok).save_pretrained(folder)
+    text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    cfg = CLIPSegConfig(text_config=text, vision_config=vision, projection_dim=8, reduce_dim=8, extract_layers=[0],
+                        decoder_num_attention_heads=2, decoder_intermediate_size=16)
+    torch.manual_seed(0)
+    CLIPSegForImageSegmentation(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_cli_masks_writes_skips_and_counts(tmp_path, span_set, monkeypatch):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from fsar.cli.data import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = tmp_path / "set"
+    shutil.copytree(span_set, root)
+    for p in root.rglob("*.masks.npz"):
+        p.unlink()
+    seg = _tiny_clipseg(tmp_path / "clipseg")
+    records = list_videos("synthetic", root, "train")
+    records[1].path.write_bytes(b"not a video")
+    run = ["masks", "--dataset", "synthetic", "--root", str(root), "--split", "train", "--segmenter-path", str(seg),
+           "--no-progress"]
+    res = CliRunner().invoke(app, run)
+    assert res.exit_code == 0, res.output
+    assert f"{len(records) - 1} written, 0 already current, 1 unreadable" in res.output
+    masks = syn.load_masks(records[0])
+    assert masks.shape == (16, 64, 64) and masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
+    again = CliRunner().invoke(app, run)
+    assert f"0 written, {len(records) - 1} already current, 1 unreadable" in again.output
+    missing = CliRunner().invoke(app, run[:-3] + ["--segmenter-path", str(tmp_path / "nowhere"), "--no-progress"])
+    assert missing.exit_code == 2 and "--segmenter-path" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
