@@ -122,9 +122,13 @@ def load_text_embeddings(
     """
     k = get_kind(kind)
     gen_cmd = f"fsar-knowledge generate --dataset {dataset} --kind {kind}"
-    if create:
+    if create:  # deprecated: callers make what is missing first, with fsar.knowledge.pipeline.ensure_knowledge
+        import warnings
+
         from fsar.knowledge.pipeline import ensure_embeddings
 
+        warnings.warn("load_text_embeddings(create=True) is deprecated: call fsar.knowledge.pipeline.ensure_knowledge "
+                      "(or ensure_embeddings) first, then read", DeprecationWarning, stacklevel=2)
         ensure_embeddings(dataset, kind, model, encoder)
     ks = load_knowledge(dataset, kind, model)
     classes = _classes(dataset, split, ks)

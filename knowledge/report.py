@@ -1,8 +1,9 @@
 """Quality report of a knowledge set: validity, attempts, duplicates, relevance, discriminativeness, generic items.
 
-An *item* is what a filter can drop: a dist attribute, an lga stage (its vector: the normalised mean of its triplet
-and sentence vectors), a star descriptor (the star summary is scored but never dropped). With N items and C classes
-whose name prompts are P [C, D]:
+An *item* is what the kind says the report scores (``KnowledgeKind.report_units``) and the filter may drop
+(``kept_fields`` never are; ``KnowledgeKind.drop`` removes them): a dist attribute, an lga stage (its vector: the
+normalised mean of its triplet and sentence vectors), a star descriptor (the star summary is scored but never dropped).
+With N items and C classes whose name prompts are P [C, D]:
 
 - relevance of an item = cos(item, own class-name prompt);
 - generic: at least ``max(generic_min, ceil(generic_frac * (C - 1)))`` other class names score within

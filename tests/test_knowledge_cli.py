@@ -28,7 +28,7 @@ def _one_error_line(res) -> str:
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["--dataset", "hmdb52"], "unknown dataset 'hmdb52'; known datasets: hmdb51"),
+        (["--dataset", "hmdb52"], "unknown dataset 'hmdb52'; choose one of: hmdb51"),
         (["--dataset", "hmdb51", "--kind", "dist,colour"], "unknown knowledge kind 'colour'; known kinds: dist, lga, star"),
         (["--dataset", "hmdb51", "--split", "dev"], "unknown split 'dev'"),
         (["--dataset", "hmdb51", "--backend", "gpt"], "unknown backend 'gpt'"),

@@ -141,7 +141,10 @@ def get_kind(name: str) -> KnowledgeKind:
     """The kind registered as ``name``; an unknown name is a one-line error naming the known kinds."""
     if name not in KINDS:
         raise UnknownName(f"unknown knowledge kind '{name}'; known kinds: {', '.join(KINDS.names())} (or 'all')")
-    return KINDS.get(name)()
+    kind = KINDS.get(name)()
+    if kind.name != name:  # the name is a folder of the store and a key of its rows: one name, not two
+        raise ValueError(f"knowledge kind {type(kind).__qualname__} is registered as '{name}' but names itself '{kind.name}'")
+    return kind
 
 
 def parse_kinds(spec: str) -> list[KnowledgeKind]:
