@@ -1,6 +1,6 @@
 """The contract between stage 1 and stage 2: a knowledge set's text embeddings as torch tensors, in class order.
 
-``load_text_embeddings(dataset, kind, encoder=None, split="all", model=None, create=False, allow_missing=False)``
+``load_text_embeddings(dataset, kind, encoder=None, split="all", model=None, allow_missing=False)``
 returns a ``TextEmbeddings`` whose rows follow the registry's class order for ``split`` (C classes, D = encoder
 dimension, 384 for the default all-MiniLM-L6-v2). Every vector is L2-normalised, float32, on the CPU.
 
@@ -24,8 +24,11 @@ it. A field that a filter emptied for a valid class gets the same name fallback 
 
 The contract only reads: missing knowledge or embeddings raise FileNotFoundError with the command that makes them.
 ``fsar.knowledge.pipeline.ensure_knowledge`` makes them (the LLM, then the encoder) with the same progress and report
-as ``fsar-knowledge generate``; ``fsar-train`` calls it before reading. ``create=True`` is deprecated and kept for
-older callers: it embeds stored knowledge whose embeddings are missing (no LLM), then reads.
+as ``fsar-knowledge generate``; ``fsar-train`` calls it before reading.
+
+Stage 2 reads the same object: ``tensors`` ({"names", each item, item + "_mask"}), ``rows(class_keys)`` and
+``gather(rows)`` give an episode's text in its class order. Class names alone (methods that need no knowledge) are a
+``TextEmbeddings`` with no items (``fsar.model.fewshot.class_name_text``).
 
 The layout of each kind's tensors is its own declaration (``fsar.knowledge.kinds``): ``fields`` (embedded, one slot
 per text), ``widths`` (fixed widths), ``pool`` (fields made from others, lga's ``stages``), ``scalars`` ([C, D]).
@@ -67,6 +70,23 @@ class TextEmbeddings:
 
     def __len__(self) -> int:
         return len(self.class_keys)
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What a head may read, keyed as episodes gather it: "names", each item, and each item's mask as item + "_mask"."""
+        return {"names": self.names, **self.items, **{f"{k}_mask": m for k, m in self.masks.items()}}
+
+    def rows(self, class_keys: list[str]) -> torch.Tensor:
+        """[len(class_keys)] row index of each class key; a one-line KeyError names the first class without text."""
+        index = {k: i for i, k in enumerate(self.class_keys)}
+        missing = [k for k in class_keys if k not in index]
+        if missing:
+            raise KeyError(f"no text embeddings for class '{missing[0]}' ({len(missing)} missing); re-run the embedding step")
+        return torch.tensor([index[k] for k in class_keys], dtype=torch.long)
+
+    def gather(self, rows: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """rows [E, N] -> {key: [E, N, ...]}: the text of each episode's classes, in episode class order."""
+        return {k: v[rows].to(device) for k, v in self.tensors.items()}
 
     def to(self, device) -> "TextEmbeddings":
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
@@ -111,25 +131,15 @@ def load_text_embeddings(
     encoder: str | None = None,
     split: str = "all",
     model: str | None = None,
-    create: bool = False,
     allow_missing: bool = False,
 ) -> TextEmbeddings:
     """The text embeddings of ``dataset``'s ``kind`` knowledge for ``split``, in registry class order (see module doc).
 
-    ``model``: the knowledge model folder (default: the most recently updated set). ``create`` (deprecated): embed
-    stored knowledge whose embeddings are missing first; missing knowledge is made by
-    ``fsar.knowledge.pipeline.ensure_knowledge``, never here.
+    ``model``: the knowledge model folder (default: the most recently updated set). Only reads: missing knowledge or
+    embeddings are made by ``fsar.knowledge.pipeline.ensure_knowledge`` (or ``ensure_embeddings``), never here.
     """
     k = get_kind(kind)
     gen_cmd = f"fsar-knowledge generate --dataset {dataset} --kind {kind}"
-    if create:  # deprecated: callers make what is missing first, with fsar.knowledge.pipeline.ensure_knowledge
-        import warnings
-
-        from fsar.knowledge.pipeline import ensure_embeddings
-
-        warnings.warn("load_text_embeddings(create=True) is deprecated: call fsar.knowledge.pipeline.ensure_knowledge "
-                      "(or ensure_embeddings) first, then read", DeprecationWarning, stacklevel=2)
-        ensure_embeddings(dataset, kind, model, encoder)
     ks = load_knowledge(dataset, kind, model)
     classes = _classes(dataset, split, ks)
     if not classes:

@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,8 +15,11 @@ from fsar.model.adapter import FrameAdapter
 from fsar.model.backbones import build_backbone, get_backbone
 from fsar.model.config import ConfigError, TrainConfig
 from fsar.model.features import derived_seed
-from fsar.model.fewshot import FewShotModel, TextBank, text_bank_for
+from fsar.model.fewshot import FewShotModel, text_for
 from fsar.model.registry import build_method, get_method
+
+if TYPE_CHECKING:  # the contract imports datasets (slow); stage 2 needs its type only for hints
+    from fsar.knowledge.contract import TextEmbeddings
 
 
 class InputError(FsarError):
@@ -73,34 +77,23 @@ def check_fits(records: list, way: int, shot: int, query: int, split: str) -> No
         )
 
 
-def load_bank(cfg: TrainConfig) -> TextBank | None:
+def load_bank(cfg: TrainConfig) -> TextEmbeddings | None:
     """The text the method asks for with its options (None, class names, or a knowledge kind).
 
     With ``create_text``, missing knowledge of a kind is generated and embedded first, through the same pipeline
-    (and progress report) as ``fsar-knowledge``; without it, missing knowledge is a one-line error naming the command.
+    (and progress report) as ``fsar-knowledge``, and a class the LLM kept failing on falls back to its name; without
+    it, missing knowledge is a one-line error naming the command.
     """
     need = get_method(cfg.method).text_need(cfg.opts)
     with user_errors_of(ValueError, KeyError, FileNotFoundError):  # missing knowledge, unknown encoder, no text for a class
         if need not in (None, "names") and cfg.create_text:
-            ensure = _ensure_knowledge()
-            if ensure is not None:
-                ensure(cfg.dataset, need, split="all", encoder=cfg.encoder, progress=cfg.progress)
-        return text_bank_for(need, cfg.dataset, cfg.encoder, create=cfg.create_text)
+            from fsar.knowledge.pipeline import ensure_knowledge
+
+            ensure_knowledge(cfg.dataset, need, split="all", encoder=cfg.encoder, progress=cfg.progress)
+        return text_for(need, cfg.dataset, cfg.encoder, allow_missing=cfg.create_text)
 
 
-def _ensure_knowledge():
-    """``fsar.knowledge.pipeline.ensure_knowledge`` where this installation has it, else None (then the contract's
-    own ``create=`` path makes missing knowledge)."""
-    try:
-        from fsar.knowledge.pipeline import ensure_knowledge
-    except ModuleNotFoundError as e:
-        if e.name != "fsar.knowledge.pipeline":
-            raise
-        return None
-    return ensure_knowledge
-
-
-def build_model(cfg: TrainConfig, bank: TextBank | None, backbone_config=None, num_classes: int = 0) -> FewShotModel:
+def build_model(cfg: TrainConfig, bank: TextEmbeddings | None, backbone_config=None, num_classes: int = 0) -> FewShotModel:
     """Backbone + head from a resolved config (the head gets the backbone's width and the text width); with
     ``num_classes`` (training) also the classifier of the auxiliary classification loss."""
     backbone = build_backbone(cfg.backbone, cfg.backbone_path, cfg.tune, seed=cfg.seed, config=backbone_config)

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from fsar.core.errors import FsarError
 from fsar.model.config import TrainConfig
-from fsar.model.fewshot import FewShotModel, TextBank
+from fsar.model.fewshot import FewShotModel
 from fsar.model.registry import get_method
+
+if TYPE_CHECKING:  # the contract imports datasets (slow); stage 2 needs its type only for hints
+    from fsar.knowledge.contract import TextEmbeddings
 
 
 
@@ -70,7 +74,7 @@ def data_fingerprint(records: list) -> str:
     return fingerprint(records)
 
 
-def checkpoint_payload(cfg: TrainConfig, model: FewShotModel, bank: TextBank | None, records: dict, episode: int,
+def checkpoint_payload(cfg: TrainConfig, model: FewShotModel, bank: TextEmbeddings | None, records: dict, episode: int,
                        step: int, best: dict, optimizer=None, scheduler=None) -> dict:
     """The checkpoint dict (see the module docstring); optimizer and scheduler only when given (last.pt)."""
     payload = {
@@ -98,7 +102,7 @@ def write_checkpoint(payload: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def read_resume_checkpoint(path: Path, cfg: TrainConfig, bank: TextBank | None) -> dict:
+def read_resume_checkpoint(path: Path, cfg: TrainConfig, bank: TextEmbeddings | None) -> dict:
     """The last.pt of a run to continue; one-line errors when it was written by another version, with other text
     embeddings, another method, or settings that would not continue the same run."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)

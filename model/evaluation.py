@@ -8,6 +8,7 @@ from __future__ import annotations
 import platform
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,11 +17,13 @@ from fsar.model.checkpoint import data_fingerprint, load_checkpoint, load_model_
 from fsar.model.config import ConfigError, TrainConfig
 from fsar.model.distributed import pick_device
 from fsar.model.evaluator import EvalResult, evaluate_cached
-from fsar.model.fewshot import TextBank
 from fsar.model.results import format_accuracy, write_json
 
+if TYPE_CHECKING:  # the contract imports datasets (slow); stage 2 needs its type only for hints
+    from fsar.knowledge.contract import TextEmbeddings
 
-def result_payload(cfg: TrainConfig, res: EvalResult, split: str, records: dict, bank: TextBank | None,
+
+def result_payload(cfg: TrainConfig, res: EvalResult, split: str, records: dict, bank: TextEmbeddings | None,
                    trained_shot: int, checkpoint: Path | None, best: dict | None = None, weights: str | None = None) -> dict:
     """The result JSON: accuracy and interval, the full configuration, seed, data and knowledge fingerprints."""
     shot = cfg.test_shot

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from fsar.model.batch import EpisodeBatch
 from fsar.model.features import ClipLoader, cached_features
-from fsar.model.fewshot import FewShotModel, TextBank
+from fsar.model.fewshot import FewShotModel
 from fsar.model.results import summarize
 from fsar.model.source import (  # noqa: F401 (Episodes, label_lut, sample_episodes: importable from here too)
     Episodes,
@@ -24,6 +25,9 @@ from fsar.model.source import (  # noqa: F401 (Episodes, label_lut, sample_episo
     make_sampler,
     sample_episodes,
 )
+
+if TYPE_CHECKING:  # the contract imports datasets (slow); stage 2 needs its type only for hints
+    from fsar.knowledge.contract import TextEmbeddings
 
 
 @dataclass
@@ -36,7 +40,7 @@ class EvalResult:
 
 
 @torch.no_grad()
-def run_episodes(model: FewShotModel, feats: Tensor, episodes: Episodes, bank: TextBank | None = None,
+def run_episodes(model: FewShotModel, feats: Tensor, episodes: Episodes, bank: TextEmbeddings | None = None,
                  records: Sequence | None = None, batch: int = 64, device: torch.device | str = "cpu",
                  amp: bool = False) -> Tensor:
     """Per-episode accuracies [E] from cached features [V, T, ...] (rows of ``feats`` = record indices)."""
@@ -55,7 +59,7 @@ def run_episodes(model: FewShotModel, feats: Tensor, episodes: Episodes, bank: T
 
 
 def evaluate_cached(model: FewShotModel, records: Sequence, way: int, shot: int, episodes: int, seed: int,
-                    num_frames: int, size: int, bank: TextBank | None = None, query: int = 1, batch: int = 64,
+                    num_frames: int, size: int, bank: TextEmbeddings | None = None, query: int = 1, batch: int = 64,
                     device: torch.device | str = "cpu", progress: bool = False, cache_dir=None,
                     description: str = "test features", amp: bool = False, frame_cache: bool = True) -> EvalResult:
     """Encode each video once (deterministic frames), then run all seeded episodes on the cached features."""
@@ -74,7 +78,7 @@ def evaluate_cached(model: FewShotModel, records: Sequence, way: int, shot: int,
 
 @torch.no_grad()
 def evaluate_per_episode(model: FewShotModel, records: Sequence, way: int, shot: int, episodes: int, seed: int,
-                         num_frames: int, size: int, bank: TextBank | None = None, query: int = 1,
+                         num_frames: int, size: int, bank: TextEmbeddings | None = None, query: int = 1,
                          device: torch.device | str = "cpu", progress: bool = False,
                          frame_cache: bool = False) -> EvalResult:
     """The slow reference: load and encode every video of every episode again (same seeded episodes); by default it

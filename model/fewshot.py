@@ -1,13 +1,13 @@
-"""A few-shot model = backbone + head, and the text bank that hands a head its episode's class texts.
+"""A few-shot model = backbone + head, and the class text a head reads.
 
-``TextBank`` is the run-side view of the stage-1 contract's ``fsar.knowledge.contract.TextEmbeddings``: the same
-tensors with one row per class of the data set (class-name embeddings alone, or names plus a knowledge kind's
-items and masks), gathered per episode by ``fsar.model.source``.
+The text is the stage-1 contract's ``fsar.knowledge.contract.TextEmbeddings`` itself, one row per class of the data
+set: class-name embeddings alone (``class_name_text``) or names plus a knowledge kind's items and masks
+(``knowledge_text``), gathered per episode by ``fsar.model.source``.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,9 @@ from fsar.model.adapter import FrameAdapter, pool_grid
 from fsar.model.backbones import Backbone
 from fsar.model.batch import EpisodeBatch
 from fsar.model.registry import Head, HeadOutput
+
+if TYPE_CHECKING:  # the contract imports datasets (slow); stage 2 needs its type only for hints
+    from fsar.knowledge.contract import TextEmbeddings
 
 
 class FewShotModel(nn.Module):
@@ -105,71 +108,41 @@ class FewShotModel(nn.Module):
         return F.cross_entropy(logits, labels)
 
 
-@dataclass
-class TextBank:
-    """Class text embeddings of a data set, one row per class, plus how to gather them for episodes.
-
-    ``tensors``: {"names": [C, Dt], item: [C, ...], item + "_mask": [C, ...]}; ``class_keys[i]`` is row i.
-    """
-
-    tensors: dict[str, Tensor]
-    class_keys: list[str]
-    fingerprint: str
-    info: dict = field(default_factory=dict)
-
-    @property
-    def dim(self) -> int:
-        return int(self.tensors["names"].shape[-1])
-
-    def rows(self, class_keys: list[str]) -> Tensor:
-        """Row of each class key; a one-line error names the first class without text."""
-        index = {k: i for i, k in enumerate(self.class_keys)}
-        missing = [k for k in class_keys if k not in index]
-        if missing:
-            raise KeyError(f"no text embeddings for class '{missing[0]}' ({len(missing)} missing); re-run the embedding step")
-        return torch.tensor([index[k] for k in class_keys], dtype=torch.long)
-
-    def gather(self, rows: Tensor, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-        """rows [E, N] -> {key: [E, N, ...]} in episode class order."""
-        return {k: v[rows].to(device) for k, v in self.tensors.items()}
-
-
-def class_name_bank(dataset: str, encoder: str | None = None) -> TextBank:
-    """Class-name prompt embeddings for every class of a data set (registry order), via the stage-1 contract."""
+def class_name_text(dataset: str, encoder: str | None = None) -> TextEmbeddings:
+    """Class-name prompt embeddings for every class of a data set (registry order), as a ``TextEmbeddings`` without
+    items: what methods that use the names alone (CLIP-FSAR, STAR/LGA/DiST with knowledge=name) read."""
     from fsar.data.registry import get_dataset
-    from fsar.knowledge.contract import encode_class_names
+    from fsar.knowledge.contract import TextEmbeddings, encode_class_names
 
     classes = get_dataset(dataset).split("all")
-    names = encode_class_names([c.name for c in classes], encoder=encoder)
+    names = encode_class_names([c.name for c in classes], encoder=encoder).float()
     h = hashlib.sha256(names.numpy().tobytes()).hexdigest()[:16]
-    return TextBank({"names": names.float()}, [c.key for c in classes], fingerprint=f"names-{h}",
-                    info={"kind": "names", "encoder": encoder or "default"})
+    return TextEmbeddings(names=names, items={}, masks={}, class_keys=[c.key for c in classes],
+                          class_names=[c.name for c in classes], has_knowledge=torch.zeros(len(classes), dtype=torch.bool),
+                          fingerprint=f"names-{h}", info={"kind": "names", "encoder": encoder or "default"})
 
 
-def knowledge_bank(dataset: str, kind: str, encoder: str | None = None, create: bool = False) -> TextBank:
-    """Names plus every item (and mask) of one knowledge kind, from ``fsar.knowledge.contract.load_text_embeddings``."""
+def knowledge_text(dataset: str, kind: str, encoder: str | None = None, allow_missing: bool = False) -> TextEmbeddings:
+    """Names plus every item (and mask) of one knowledge kind, read through the stage-1 contract.
+
+    ``allow_missing``: a class the LLM kept failing on gets its name vector (listed in info["missing"], warned about)
+    rather than stopping the run; without it, a missing class is an error naming it.
+    """
     from fsar.knowledge.contract import load_text_embeddings
 
-    # when creating, a class the LLM kept failing on gets its name vector (recorded in info["missing"], warned
-    # about) rather than stopping the run; without create, a missing class is an error naming it
-    emb = load_text_embeddings(dataset, kind, encoder=encoder, split="all", create=create, allow_missing=create)
+    emb = load_text_embeddings(dataset, kind, encoder=encoder, split="all", allow_missing=allow_missing)
     if emb.info.get("missing"):
         import warnings
 
         warnings.warn(f"{len(emb.info['missing'])} {dataset} classes have no valid '{kind}' knowledge and use their "
                       f"name embedding instead: {', '.join(map(str, emb.info['missing']))}", stacklevel=2)
-    tensors = {"names": emb.names.float()}
-    for key, value in emb.items.items():
-        tensors[key] = value.float()
-    for key, mask in (emb.masks or {}).items():
-        tensors[f"{key}_mask"] = mask.bool()
-    return TextBank(tensors, list(emb.class_keys), fingerprint=emb.fingerprint, info={"kind": kind, **dict(emb.info)})
+    return emb
 
 
-def text_bank_for(need: str | None, dataset: str, encoder: str | None = None, create: bool = False) -> TextBank | None:
+def text_for(need: str | None, dataset: str, encoder: str | None = None, allow_missing: bool = False) -> TextEmbeddings | None:
     """The text a head asks for (``Head.text_need``): None, class names only ("names"), or a knowledge kind."""
     if not need:
         return None
     if need == "names":
-        return class_name_bank(dataset, encoder)
-    return knowledge_bank(dataset, need, encoder, create=create)
+        return class_name_text(dataset, encoder)
+    return knowledge_text(dataset, need, encoder, allow_missing=allow_missing)

@@ -16,13 +16,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from fsar.model.batch import EpisodeBatch
 from fsar.model.features import ClipLoader, derived_seed
-from fsar.model.fewshot import TextBank
+
+if TYPE_CHECKING:  # the contract imports datasets (slow); stage 2 needs its type only for hints
+    from fsar.knowledge.contract import TextEmbeddings
 
 
 @dataclass
@@ -73,7 +76,7 @@ def sample_episodes(labels: Sequence[int], way: int, shot: int, query: int, seed
     return Episodes(support, q, ql, cls, first=start)
 
 
-def label_lut(bank: TextBank, records: Sequence) -> Tensor:
+def label_lut(bank: TextEmbeddings, records: Sequence) -> Tensor:
     """Lookup table record label -> row of the text bank (-1 for labels not in ``records``)."""
     key_of = {r.label: r.class_key for r in records}
     labels = sorted(key_of)
@@ -85,7 +88,7 @@ def label_lut(bank: TextBank, records: Sequence) -> Tensor:
 class EpisodeSource:
     """Episodes of one split's records -> EpisodeBatch on ``device``; evaluation reads cached features."""
 
-    def __init__(self, records: Sequence | None, bank: TextBank | None = None, device: torch.device | str = "cpu"):
+    def __init__(self, records: Sequence | None, bank: TextEmbeddings | None = None, device: torch.device | str = "cpu"):
         self.records, self.bank, self.device = list(records or []), bank, torch.device(device)
         self.text_lut = label_lut(bank, self.records) if bank is not None else None
 
@@ -106,7 +109,7 @@ class TrainingSource(EpisodeSource):
     ``masks``: add each video's masks on exactly the frames and crops the head sees (``ClipLoader``'s mask API).
     """
 
-    def __init__(self, records: Sequence, bank: TextBank | None, device: torch.device | str, loader: ClipLoader,
+    def __init__(self, records: Sequence, bank: TextEmbeddings | None, device: torch.device | str, loader: ClipLoader,
                  sampler, shot: int, seed: int, rank: int = 0, world: int = 1, masks: bool = False):
         super().__init__(records, bank, device)
         self.loader, self.sampler, self.shot, self.seed = loader, sampler, shot, seed

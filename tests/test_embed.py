@@ -10,6 +10,7 @@ import _knowledge_helpers as H
 from fsar.knowledge import encoders
 from fsar.knowledge.contract import MissingKnowledgeError, encode_class_names, load_text_embeddings
 from fsar.knowledge.embed import COMPACT_AT, NAME_TEMPLATE, TextStore, embed_knowledge, set_dir
+from fsar.knowledge.pipeline import ensure_embeddings
 from fsar.knowledge.encoders import EncoderError, load_encoder, resolve_encoder
 import datasets
 import pyarrow.parquet as pq
@@ -70,7 +71,8 @@ def test_dist_contract_shapes_order_and_values(fsar_cache, encoder):
 def test_lga_stages_and_star_descriptors(fsar_cache, encoder):
     H.save_lga()
     H.save_star(short="golf")
-    lga = load_text_embeddings(H.DATASET, "lga", create=True)  # create: embeds (knowledge exists)
+    ensure_embeddings(H.DATASET, "lga")  # the knowledge exists: this embeds it
+    lga = load_text_embeddings(H.DATASET, "lga")
     assert {k: tuple(v.shape) for k, v in lga.items.items()} == {"triplets": (6, 3, 384), "sentences": (6, 3, 384), "stages": (6, 3, 384)}
     assert lga.masks["stages"].all()
     onset = H.LGA_STAGES["pour"][0]
@@ -80,7 +82,8 @@ def test_lga_stages_and_star_descriptors(fsar_cache, encoder):
     mean = (t + s) / np.linalg.norm(t + s)
     assert cos(lga.items["stages"][p, 0], mean) > 0.999
 
-    star = load_text_embeddings(H.DATASET, "star", create=True)
+    ensure_embeddings(H.DATASET, "star")
+    star = load_text_embeddings(H.DATASET, "star")
     assert star.items["descriptors"].shape == (6, 4, 384) and star.items["summary"].shape == (6, 384)
     assert star.masks["summary"].shape == (6,) and star.masks["summary"].all()
     assert star.masks["descriptors"][star.class_keys.index("golf")].tolist() == [True, True, False, False]
@@ -135,7 +138,8 @@ def test_missing_knowledge_or_embeddings_name_the_command(fsar_cache, encoder):
     H.save_dist()
     with pytest.raises(FileNotFoundError, match="fsar-knowledge embed --dataset tiny6 --kind dist"):
         load_text_embeddings(H.DATASET, "dist")
-    te = load_text_embeddings(H.DATASET, "dist", create=True)
+    ensure_embeddings(H.DATASET, "dist")  # what the error named, done by the pipeline; the contract only reads
+    te = load_text_embeddings(H.DATASET, "dist")
     assert te.items["spatial"].shape == (6, 4, 384)
     assert (set_dir(H.DATASET, "dist", H.MODEL, resolve_encoder()) / "embeddings.parquet").is_file()
     changed = {**H.DIST, "golf": {"spatial": ["a putter"] + H.DIST["golf"]["spatial"][1:], "temporal": H.DIST["golf"]["temporal"]}}
@@ -222,7 +226,8 @@ def test_clip_text_tower_truncates_long_texts(fsar_cache, tmp_path):
     knowledge = {k: dict(v) for k, v in H.DIST.items()}
     knowledge["golf"] = {"spatial": [long[:99]] * 1 + H.DIST["golf"]["spatial"][1:], "temporal": H.DIST["golf"]["temporal"]}
     H.save_dist(knowledge)
-    te = load_text_embeddings(H.DATASET, "dist", encoder=str(folder), create=True)
+    ensure_embeddings(H.DATASET, "dist", encoder=str(folder))
+    te = load_text_embeddings(H.DATASET, "dist", encoder=str(folder))
     assert te.names.shape == (6, 16) and te.info["encoder"].startswith("tinyclip@")
 
 

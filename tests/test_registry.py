@@ -94,3 +94,14 @@ def test_bad_class_files(tmp_path, name, text, match):
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         load_class_file(path)
+
+
+def test_llm_backends_share_the_one_registry():
+    """Backends are registered like methods and kinds: the names a user may pass, and a one-line unknown-name error."""
+    from fsar.knowledge.backends import BACKENDS, BackendError, make_backend
+
+    assert BACKENDS.names() == ["llamacpp", "openai", "vllm"]
+    with pytest.raises(BackendError, match="unknown backend 'gpt'; choose one of: llamacpp, openai, vllm"):
+        make_backend("gpt")
+    with pytest.raises(ValueError, match="registered twice"):
+        BACKENDS.register("openai", lambda model, base_url, concurrency: None)

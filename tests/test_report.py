@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import _knowledge_helpers as H
 from fsar.knowledge.contract import load_text_embeddings
 from fsar.knowledge.encoders import load_encoder
+from fsar.knowledge.pipeline import ensure_embeddings
 from fsar.knowledge.report import Thresholds, build_report, filter_knowledge, write_report
 from fsar.knowledge.store import load_knowledge, save_knowledge
 from fsar.knowledge.validate import normalize as normalize_text
@@ -130,7 +131,8 @@ def test_filter_drops_exactly_what_fails(designed, encoder):
     assert dropped == should_drop
     assert not kept & should_drop
     # the filtered set feeds the contract directly; its texts were all embedded before
-    te = load_text_embeddings(H.DATASET, "dist", model=fk.model, create=True, allow_missing=True)
+    ensure_embeddings(H.DATASET, "dist", fk.model)
+    te = load_text_embeddings(H.DATASET, "dist", model=fk.model, allow_missing=True)
     b = te.class_keys.index("brush_hair")
     n_left = len([t for t in designed["brush_hair"]["spatial"] if ("brush_hair", t) not in should_drop])
     assert int(te.masks["spatial"][b].sum()) == max(n_left, 1)
@@ -164,7 +166,8 @@ def test_lga_report_filters_whole_stages(fsar_cache, encoder):
     bad = [i for i in rep.data["items"] if i["drop"]]
     assert [(i["class_key"], i["slot"]) for i in bad] == [("ride_bike", 1)]
     fk = filter_knowledge(rep)
-    te = load_text_embeddings(H.DATASET, "lga", model=fk.model, create=True)
+    ensure_embeddings(H.DATASET, "lga", fk.model)
+    te = load_text_embeddings(H.DATASET, "lga", model=fk.model)
     rb = te.class_keys.index("ride_bike")
     assert te.masks["stages"][rb].tolist() == [True, False, True]  # the dropped stage leaves its slot empty
     assert te.masks["stages"].sum() == 17
