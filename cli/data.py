@@ -137,35 +137,33 @@ def synth(
 @app.command()
 def masks(
     dataset: str = typer.Option(..., "--dataset", "-d", help="the data set whose videos get masks"),
-    root: Optional[Path] = typer.Option(None, "--root", help="data folder (not needed for synthetic)"),
+    root: Optional[Path] = typer.Option(None, "--root", help="data folder (not needed for synthetic); only read"),
     segmenter: str = typer.Option("clipseg", "--segmenter", help="text-guided segmenter (clipseg)"),
     segmenter_path: Optional[Path] = typer.Option(None, "--segmenter-path", help="local copy of CIDAS/clipseg-rd64-refined"),
-    prompt: str = typer.Option("name", "--prompt", help="name: the class's prompt name"),
+    prompt: str = typer.Option("name", "--prompt", help="name: the class name; knowledge: the class name and the "
+                               "object its stored dist knowledge names first (fsar-knowledge generate --kind dist)"),
     split: str = typer.Option("all", "--split", help="train, val, test or all"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ):
-    """Write acting-object masks (<video>.masks.npz, uint8 [F, 64, 64]) next to each video with a text-guided segmenter."""
+    """Write acting-object masks (uint8 [F, 64, 64]) of each video beside the frame cache with a text-guided segmenter."""
     from fsar.core.errors import FsarError
     from fsar.data.loaders import list_videos
-    from fsar.data.masks import load_segmenter, write_masks
-    from fsar.data.registry import get_dataset
+    from fsar.data.masks import class_prompts, load_segmenter, mask_file, mask_folder, write_masks
 
     if segmenter != "clipseg":
         fail(f"unknown --segmenter '{segmenter}'; known: clipseg")
-    if prompt != "name":
-        fail(f"--prompt '{prompt}' is not supported yet; use --prompt name")
     try:
-        info = get_dataset(dataset)
         splits = ["train", "val", "test"] if split == "all" else [split]
         records = [r for s in splits for r in list_videos(dataset, root, s)]
-        prompts = {c.key: c.name for c in info.classes}
+        prompts = class_prompts(dataset, {r.class_key for r in records}, prompt)
         model, processor = load_segmenter(segmenter_path)
         name = f"clipseg:{segmenter_path.name if segmenter_path else 'CIDAS/clipseg-rd64-refined'}"
         counts = write_masks(records, prompts, model, processor, name, progress=progress)
+        folder = mask_file(records[0]).parent if records else mask_folder()
     except (FsarError, ValueError, KeyError, OSError) as e:
         fail(error_message(e))
     out.print(f"masks: {counts['written']} written, {counts['skipped']} already current, "
-              f"{counts['unreadable']} unreadable videos skipped ({len(records)} videos)",
+              f"{counts['unreadable']} unreadable videos skipped ({len(records)} videos, prompt: {prompt}) in {folder}",
               markup=False, highlight=False, soft_wrap=True)
 
 

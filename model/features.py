@@ -35,10 +35,12 @@ class ClipLoader:
     An unreadable video met while training is replaced by the next readable video of its class that is not already
     in the episode (deterministic), with a warning; ``bad`` counts them.
 
-    Masks (``with_masks=True``, ``view_masks``): the acting-object mask file of each video (``<video>.masks.npz``,
-    uint8 [F, h, w], > 0 = acting part) on exactly the frames, crop and flip of its clip, as float [T, S, S] in 0..1
-    (the fraction of each cell covered), S = ``mask_size`` (default: clip size // 4). A video without a mask file
-    gives zeros and has_mask False. The mask file is assumed to cover the whole frame (same aspect ratio).
+    Masks (``with_masks=True``, ``view_masks``): the acting-object mask file of each video (``fsar-data masks``
+    writes it beside the frame cache, see ``fsar.data.masks.find_mask_file``; else ``<video>.masks.npz`` beside the
+    video, as the synthetic benchmark writes it; uint8 [F, h, w], > 0 = acting part) on exactly the frames, crop
+    and flip of its clip, as float [T, S, S] in 0..1 (the fraction of each cell covered), S = ``mask_size``
+    (default: clip size // 4). A video without a mask file gives zeros and has_mask False. The mask file is
+    assumed to cover the whole frame (same aspect ratio).
     """
 
     def __init__(self, records: Sequence, num_frames: int, size: int, norm: str, seed: int = 0,
@@ -106,10 +108,10 @@ class ClipLoader:
         resized to (height, width) when given; None when the video has no mask file."""
         from fsar.core.errors import FsarError
         from fsar.data import transforms
-        from fsar.data.synthetic import mask_path
+        from fsar.data.masks import find_mask_file
 
-        path = mask_path(self.records[i])
-        if not path.is_file():
+        path = find_mask_file(self.records[i])
+        if path is None:
             return None
         try:
             with np.load(path) as data:
@@ -129,9 +131,9 @@ class ClipLoader:
 
     def mask_available(self) -> bool:
         """Whether any record has a mask file."""
-        from fsar.data.synthetic import mask_path
+        from fsar.data.masks import find_mask_file
 
-        return any(mask_path(r).is_file() for r in self.records)
+        return any(find_mask_file(r) is not None for r in self.records)
 
     def view_masks(self, indices: Sequence[int], view: int) -> tuple[Tensor, Tensor]:
         """Masks [B, T, S, S] and has_mask [B] on exactly the frames and crops of cached feature view ``view``

@@ -123,18 +123,32 @@ def _tiny_clipseg(folder):
     return folder
 
 
-def test_cli_masks_writes_skips_and_counts(tmp_path, span_set, monkeypatch):
+def _strip_masks(span_set, folder):
+    """A copy of the synthetic set without its ground-truth mask files (as a real data set is)."""
+    import shutil
+
+    root = folder / "set"
+    shutil.copytree(span_set, root)
+    for p in root.rglob("*.masks.npz"):
+        p.unlink()
+    return root
+
+
+def _tree(root):
+    """Every path under ``root`` with its size and modification time: what a writer under the root would change."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def test_cli_masks_writes_skips_and_counts(tmp_path, span_set, fsar_cache, monkeypatch):
     import shutil
 
     from typer.testing import CliRunner
 
     from fsar.cli.data import app
+    from fsar.data.masks import find_mask_file, mask_file
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    root = tmp_path / "set"
-    shutil.copytree(span_set, root)
-    for p in root.rglob("*.masks.npz"):
-        p.unlink()
+    root = _strip_masks(span_set, tmp_path)
     seg = _tiny_clipseg(tmp_path / "clipseg")
     records = list_videos("synthetic", root, "train")
     records[1].path.write_bytes(b"not a video")
@@ -143,10 +157,118 @@ def test_cli_masks_writes_skips_and_counts(tmp_path, span_set, monkeypatch):
     res = CliRunner().invoke(app, run)
     assert res.exit_code == 0, res.output
     assert f"{len(records) - 1} written, 0 already current, 1 unreadable" in res.output
-    masks = syn.load_masks(records[0])
+    path = mask_file(records[0])
+    assert path.is_relative_to(fsar_cache / "frames" / "masks" / "synthetic") and find_mask_file(records[0]) == path
+    assert not list(root.rglob("*.masks.npz"))  # nothing beside the videos
+    with np.load(path) as data:
+        masks = data["masks"]
+        assert str(data["prompt"]) == records[0].class_key  # the synthetic class name is its key
     assert masks.shape == (16, 64, 64) and masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
     again = CliRunner().invoke(app, run)
     assert f"0 written, {len(records) - 1} already current, 1 unreadable" in again.output
+    # a changed video never meets the masks of its old content: it gets a new mask file
+    shutil.copyfile(records[2].path, records[0].path)
+    assert mask_file(records[0]) != path and find_mask_file(records[0]) is None
+    changed = CliRunner().invoke(app, run)
+    assert f"1 written, {len(records) - 2} already current, 1 unreadable" in changed.output
     missing = CliRunner().invoke(app, run[:-3] + ["--segmenter-path", str(tmp_path / "nowhere"), "--no-progress"])
     assert missing.exit_code == 2 and "--segmenter-path" in missing.output
     assert len(missing.output.strip().splitlines()) == 1
+
+
+def test_masks_of_a_read_only_root_are_read_back(tmp_path, span_set, fsar_cache):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from fsar.cli.data import app
+    from fsar.data.masks import find_mask_file, mask_file
+    from fsar.model.features import ClipLoader
+
+    root = _strip_masks(span_set, tmp_path)
+    seg = _tiny_clipseg(tmp_path / "clipseg")
+    records = list_videos("synthetic", root, "test")
+    before = _tree(root)
+    paths = [root, *root.rglob("*")]
+    for p in paths:
+        p.chmod(p.stat().st_mode & ~0o222)  # read-only (a root user ignores it; the tree comparison below does not)
+    try:
+        res = CliRunner().invoke(app, ["masks", "--dataset", "synthetic", "--root", str(root), "--split", "test",
+                                       "--segmenter-path", str(seg), "--no-progress"])
+    finally:
+        for p in paths:
+            p.chmod(p.stat().st_mode | 0o200)
+    assert res.exit_code == 0, res.output
+    assert f"{len(records)} written, 0 already current, 0 unreadable" in res.output
+    assert _tree(root) == before  # the data root is only read
+    assert all(find_mask_file(r) == mask_file(r) for r in records)
+    loader = ClipLoader(records, num_frames=4, size=32, norm="clip", mask_size=8)
+    assert loader.mask_available()
+    clips, masks, has = loader.test_clips(range(len(records)), with_masks=True)
+    assert has.all() and masks.shape == (len(records), 4, 8, 8)
+    mask_file(records[0]).unlink()  # it is the file beside the frame cache that the loader found
+    assert loader.test_clips([0, 1], with_masks=True)[2].tolist() == [False, True]
+    # the segmenter's file comes before a <video>.masks.npz beside the video: all ones beats the sparse ground truth
+    syn_root = tmp_path / "gt"
+    shutil.copytree(span_set, syn_root)
+    rec = list_videos("synthetic", syn_root, "test")[0]
+    gt = ClipLoader([rec], num_frames=4, size=32, norm="clip", mask_size=8).test_clips([0], with_masks=True)[1]
+    assert float(gt.mean()) < 0.5
+    mask_file(rec).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(mask_file(rec), masks=np.ones((16, 64, 64), np.uint8), prompt=np.array("x"),
+                        segmenter=np.array("hand"))
+    ones = ClipLoader([rec], num_frames=4, size=32, norm="clip", mask_size=8).test_clips([0], with_masks=True)[1]
+    assert float(ones.mean()) == 1.0
+
+
+def _save_synthetic_dist(keys, phrases):
+    """A hand-written dist knowledge set of the synthetic data set for ``keys`` (as tests/_knowledge_helpers does)."""
+    from _knowledge_helpers import make_row
+
+    from fsar.data.registry import get_dataset
+    from fsar.knowledge.store import save_knowledge
+
+    rows = [make_row(c.index, c.key, c.name, c.split, {"spatial": phrases(c.key), "temporal": [
+        "the hand reaches the object", "the object moves", "the hand lets go", "the object rests"]})
+        for c in get_dataset("synthetic").classes if c.key in keys]
+    return save_knowledge("synthetic", "dist", "handwritten", rows)
+
+
+def test_knowledge_prompt_reads_the_dist_knowledge(tmp_path, span_set, fsar_cache):
+    from typer.testing import CliRunner
+
+    from fsar.cli.data import app
+    from fsar.data.masks import class_prompts, mask_file
+
+    root = _strip_masks(span_set, tmp_path)
+    seg = _tiny_clipseg(tmp_path / "clipseg")
+    records = list_videos("synthetic", root, "train")
+    keys = {r.class_key for r in records}
+    run = ["masks", "--dataset", "synthetic", "--root", str(root), "--split", "train", "--segmenter-path", str(seg),
+           "--prompt", "knowledge", "--no-progress"]
+    none = CliRunner().invoke(app, run)  # no dist knowledge at all
+    assert none.exit_code == 2 and len(none.output.strip().splitlines()) == 1
+    assert "fsar-knowledge generate --dataset synthetic --kind dist" in none.output
+    assert not (fsar_cache / "frames" / "masks").exists()
+
+    first = sorted(keys)[0]
+    _save_synthetic_dist(keys - {first}, lambda k: [f"the moving {k.split()[-1]} object", "a plain table"])
+    partial = CliRunner().invoke(app, run)  # a class of the split has no knowledge
+    assert partial.exit_code == 2 and len(partial.output.strip().splitlines()) == 1
+    assert first in partial.output and "fsar-knowledge generate --dataset synthetic --kind dist" in partial.output
+
+    _save_synthetic_dist(keys, lambda k: [f"the moving {k.split()[-1]} object", "a plain table"])
+    prompts = class_prompts("synthetic", keys, "knowledge")
+    assert prompts == {k: f"{k}, the moving {k.split()[-1]} object" for k in keys}  # name + first spatial phrase
+    assert class_prompts("synthetic", keys, "name") == {k: k for k in keys}
+    res = CliRunner().invoke(app, run)
+    assert res.exit_code == 0, res.output
+    assert f"{len(records)} written" in res.output and "prompt: knowledge" in res.output
+    for rec in records:
+        with np.load(mask_file(rec)) as data:
+            assert str(data["prompt"]) == prompts[rec.class_key] and "the moving" in str(data["prompt"])
+    # switching back to name prompts redoes every file (the prompt is part of what makes a file current)
+    back = CliRunner().invoke(app, run[:-3] + ["--prompt", "name", "--no-progress"])
+    assert f"{len(records)} written, 0 already current" in back.output
+    bad = CliRunner().invoke(app, run[:-3] + ["--prompt", "objects", "--no-progress"])
+    assert bad.exit_code == 2 and "--prompt 'objects'" in bad.output
