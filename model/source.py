@@ -116,10 +116,11 @@ class TrainingSource(EpisodeSource):
         self.rank, self.world, self.masks = rank, world, masks
         self.views: Tensor | None = None
         self.unmasked: set[int] = set()  # training videos met without a mask file (the trainer reports how many)
+        self._view_mask_memo: dict[tuple[int, int], tuple[Tensor, bool]] = {}  # (view, record) -> fixed view's masks
         labels = sorted({r.label for r in self.records})
         self.class_lut = torch.full((max(labels) + 1,), -1, dtype=torch.long)  # record label -> training class
         self.class_lut[torch.tensor(labels)] = torch.arange(len(labels))
-        if masks and not loader.mask_available():
+        if masks and rank == 0 and not loader.mask_available():
             warnings.warn("the head reads masks but no training video has a mask file; it trains without its mask "
                           "loss (make masks with: fsar-data masks)", stacklevel=2)
 
@@ -180,17 +181,20 @@ class TrainingSource(EpisodeSource):
         return torch.stack(views)
 
     def _view_masks(self, eps: list[Episodes], slot_views: Tensor) -> tuple[Tensor, Tensor]:
-        """Masks [E, N*K + Q, T, S, S] and has-mask [E, N*K + Q] of the cached view each slot reads (view by view)."""
+        """Masks [E, N*K + Q, T, S, S] and has-mask [E, N*K + Q] of the cached view each slot reads.
+
+        A view is fixed, so are its masks: each (view, video) is read once through ``ClipLoader.view_masks`` and
+        kept (our choice: 32 kB per video and view at the default sizes, instead of decoding every video again in
+        every episode)."""
         masks, has = [], []
         for e, views in zip(eps, slot_views):
-            slots = self._slots(e)
-            m, h = None, torch.zeros(len(slots), dtype=torch.bool)
-            for v in views.unique().tolist():
-                where = (views == v).nonzero().flatten()
-                vm, vh = self.loader.view_masks([slots[j] for j in where.tolist()], v)
-                if m is None:
-                    m = vm.new_zeros(len(slots), *vm.shape[1:])
-                m[where], h[where] = vm, vh.bool()
-            masks.append(m)
-            has.append(h)
+            pairs = list(zip(views.tolist(), self._slots(e)))
+            for v in sorted({v for v, _ in pairs}):
+                todo = sorted({i for w, i in pairs if w == v and (v, i) not in self._view_mask_memo})
+                if todo:
+                    vm, vh = self.loader.view_masks(todo, v)
+                    self._view_mask_memo.update({(v, i): (m, bool(h)) for i, m, h in zip(todo, vm, vh)})
+            got = [self._view_mask_memo[p] for p in pairs]
+            masks.append(torch.stack([m for m, _ in got]))
+            has.append(torch.tensor([h for _, h in got], dtype=torch.bool))
         return torch.stack(masks), torch.stack(has)

@@ -161,6 +161,7 @@ class Trainer:
         self.model.train()
         progress = TrainProgress(cfg.progress and self.main, cfg.episodes, self.episode, cfg.method)
         window: list[tuple[float, float, float]] = []
+        aux_window: dict[str, list[float]] = {}  # the head's other aux losses (mask, contrastive, ...) per step
         next_val = (self.episode // cfg.val_every + 1) * cfg.val_every
         last_good = self.last_path if self.last_path.exists() else None
         t0, ep0 = time.perf_counter(), self.episode
@@ -168,6 +169,7 @@ class Trainer:
             while self.episode < stop:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss_sum, acc_sum, class_sum = 0.0, 0.0, 0.0
+                aux_sum: dict[str, float] = {}
                 for a in range(cfg.accum):
                     batch = self.source.batch(self.source.episodes(self.episode + a * cfg.batch * self.world,
                                                                    cfg.batch * self.world))
@@ -187,6 +189,9 @@ class Trainer:
                     loss_sum += float(loss.detach()) / cfg.accum
                     if "class" in out.aux_losses:
                         class_sum += float(out.aux_losses["class"].detach()) / cfg.accum
+                    for name, value in out.aux_losses.items():
+                        if name != "class":
+                            aux_sum[name] = aux_sum.get(name, 0.0) + float(value.detach()) / cfg.accum
                     acc_sum += float((out.logits.float().argmax(-1) == batch.query_labels).float().mean()) / cfg.accum
                 if cfg.clip_grad > 0:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
@@ -195,12 +200,15 @@ class Trainer:
                 self.step += 1
                 self.episode += self.per_step
                 window.append((loss_sum, acc_sum, class_sum))
+                for name, value in aux_sum.items():
+                    aux_window.setdefault(name, []).append(value)
                 if self.step % cfg.log_every == 0 or self.episode >= stop:
                     rate = (self.episode - ep0) / max(1e-9, time.perf_counter() - t0)
                     ls, ac, cl = (sum(x) / len(window) for x in zip(*window))
                     self.log({"kind": "train", "step": self.step, "episode": self.episode, "loss": ls, "acc": ac,
-                              "class_loss": cl, "lr": self.scheduler.get_last_lr()[0], "episodes_per_s": rate})
-                    window = []
+                              "class_loss": cl, **{f"{k}_loss": sum(v) / len(v) for k, v in aux_window.items()},
+                              "lr": self.scheduler.get_last_lr()[0], "episodes_per_s": rate})
+                    window, aux_window = [], {}
                 progress.update(self.episode, loss_sum, acc_sum)
                 if self.episode >= next_val or self.episode >= cfg.episodes:
                     next_val = (self.episode // cfg.val_every + 1) * cfg.val_every
