@@ -112,7 +112,7 @@ def test_videos_without_a_mask_file_are_counted_and_train_without_the_mask_loss(
     root = tmp_path / "synthetic"
     shutil.copytree(synth_root, root)
     cfg = fast_config(root, tmp_path / "run", method="i2st", episodes=6, val_every=6, val_episodes=5, test=False)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg)  # the default frame cache: train clips cropped and flipped from cached test frames
     train = trainer.source.records
     dropped = train[::2]  # half the training videos lose their mask file
     for r in dropped:
@@ -127,6 +127,8 @@ def test_videos_without_a_mask_file_are_counted_and_train_without_the_mask_loss(
     assert {"kind": "masks", "videos_without_masks": len(met)} in rows
     for e, batch in enumerate(given):  # flags follow the files, and a video without one has zero masks
         has = _flat(batch, "_has_mask")
+        _, masks, flags = trainer.train_loader.train_clips(_slots(trainer, e), episode=e, with_masks=True)
+        assert torch.equal(_flat(batch, "_masks"), masks) and torch.equal(has, flags)  # the frame cache's clips too
         for j, i in enumerate(_slots(trainer, e)):
             assert bool(has[j]) == mask_path(trainer.source.records[i]).is_file()
             assert bool(has[j]) or float(_flat(batch, "_masks")[j].abs().sum()) == 0
