@@ -187,6 +187,24 @@ def test_episodes_score_independently():
     assert torch.allclose(together, alone, atol=1e-5)
 
 
+def test_evaluation_runs_each_distinct_video_once():
+    head = _head().eval()
+    b = _batch()
+    # episode 1 holds episode 0's videos, its queries in reverse order
+    shared = EpisodeBatch(torch.cat([b.support[:1], b.support[:1]]), torch.cat([b.query[:1], b.query[:1].flip(1)]))
+    rows = []
+    head.fusion.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    with torch.no_grad():
+        together = head(shared).logits
+        alone = head(EpisodeBatch(b.support[:1], b.query[:1])).logits
+    assert rows == [N + Q, N + Q]  # the shared batch's N + Q distinct videos ran once, as the episode alone does
+    assert torch.allclose(together[0], alone[0], atol=1e-6) and torch.allclose(together[1], alone[0].flip(0), atol=1e-6)
+    head.train()
+    rows.clear()
+    head(shared)
+    assert rows == [2 * (N + Q)]  # training runs every slot (dropout draws differ per slot)
+
+
 # ------------------------------------------------------------------ learning
 
 

@@ -79,6 +79,14 @@ def grid_positions(side: int, dim: int) -> Tensor:
     return torch.cat([repeat(rows, "h c -> (h w) c", w=side), repeat(cols, "w c -> (h w) c", h=side)], dim=-1)
 
 
+def unique_rows(key: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Distinct values of ``key`` [V]: (values [U], index of each one's first row [U], row -> value index [V])."""
+    values, inverse = torch.unique(key, return_inverse=True)
+    first = torch.full((len(values),), len(key), dtype=torch.long, device=key.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(key), device=key.device), reduce="amin")
+    return values, first, inverse
+
+
 def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
     """masks [B, h, w] in 0..1 -> [B, *size]: area averaging when shrinking, bilinear when growing."""
     if tuple(masks.shape[-2:]) == tuple(size):
@@ -271,6 +279,19 @@ class I2STHead(Head):
         glob, local = self.fusion(f_st)
         return glob, local, ins
 
+    def distinct_prototypes(self, videos: Tensor) -> tuple[Tensor, Tensor, None]:
+        """Evaluation: ``prototypes`` of videos [V, T, 1 + P, D] computed once per distinct video (episodes of an
+        evaluation batch share most of their videos), the same values for every copy; no instance embeddings."""
+        # our choice: group rows by a random projection, then check the grouping exactly (a collision falls back)
+        flat = videos.flatten(1)
+        key = flat.double() @ torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(flat.device)
+        _, first, inverse = unique_rows(key)
+        if len(first) == len(videos) or not torch.equal(flat[first][inverse], flat):
+            glob, local, _ = self.prototypes(videos)
+            return glob, local, None
+        glob, local, _ = self.prototypes(videos[first])
+        return glob[inverse], local[inverse], None
+
     def predict_masks(self, tokens: Tensor) -> Tensor:
         """The decoder's mask probabilities for clips' tokens [..., T, 1 + P, D] -> [..., T, S, S] (for mask IoU in
         benchmarks; classification never runs the decoder at evaluation)."""
@@ -312,7 +333,10 @@ class I2STHead(Head):
         e, n, k, t = support.shape[:4]
         qn = query.shape[1]
         videos = torch.cat([rearrange(support, "e n k t p d -> (e n k) t p d"), rearrange(query, "e q t p d -> (e q) t p d")])
-        glob, local, ins = self.prototypes(videos)
+        if self.training:
+            glob, local, ins = self.prototypes(videos)
+        else:  # a video's prototypes do not depend on its episode: each distinct video of the batch runs once
+            glob, local, ins = self.distinct_prototypes(videos)
         s_glob = reduce(glob[: e * n * k], "(e n k) d -> e n d", "mean", e=e, n=n)  # K shots averaged
         s_local = reduce(local[: e * n * k], "(e n k) t d -> e n t d", "mean", e=e, n=n)
         q_glob = rearrange(glob[e * n * k:], "(e q) d -> e q d", e=e)
