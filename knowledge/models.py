@@ -111,7 +111,16 @@ MODELS: dict[str, PackagedModel] = {
         ),
     )
 }
-DEFAULT_MODEL = "gemma-3-270m"  # the embedded default (a short name of MODELS)
+# The embedded default: Qwen2.5-Coder-1.5B-Instruct, because it is the model that gives valid, on-topic knowledge for
+# every class (bench/bench_llm_quality.py: 17 hmdb51 classes x 3 kinds all valid, Gemma 3 270M 65 % on dist) at a
+# cost that fits the 2-core budget; Gemma stays one flag away (--model gemma-3-270m) for speed. FSAR_LLM_MODEL
+# overrides the default (the test suite pins Gemma where the model is not what is tested).
+DEFAULT_MODEL = "qwen2.5-coder-1.5b"
+
+
+def default_model() -> str:
+    """The model used when none is named: ``FSAR_LLM_MODEL`` if set, else :data:`DEFAULT_MODEL`."""
+    return os.environ.get("FSAR_LLM_MODEL") or DEFAULT_MODEL
 
 
 def model_names() -> list[str]:
@@ -261,7 +270,7 @@ class ResolvedModel:
 
 def resolve_model(spec: str | None) -> ResolvedModel:
     """A short name of :data:`MODELS` (assembled on first use) or a path to a GGUF file; None is the default."""
-    spec = spec or DEFAULT_MODEL
+    spec = spec or default_model()
     model = MODELS.get(spec.strip().lower())
     if model is None:
         path = Path(spec).expanduser()

@@ -10,6 +10,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The embedded default LLM is Qwen2.5-Coder-1.5B (1.1 GB, about 6x slower); tests that are not about the model use the
+# fast Gemma 3 270M (tests/test_llm_models.py covers the default and Qwen itself).
+os.environ.setdefault("FSAR_LLM_MODEL", "gemma-3-270m")
 
 
 @pytest.fixture

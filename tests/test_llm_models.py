@@ -90,7 +90,7 @@ def test_a_wrong_installed_part_is_named_with_the_reinstall_command(tmp_path, sm
 def test_short_names_resolve(tmp_path):
     gemma = resolve_model("gemma-3-270m")
     assert gemma.path.name == "gemma-3-270m-q4_k_m.gguf" and gemma.prompt_style == "completion" and gemma.sha256
-    assert resolve_model(None).name == "gemma-3-270m"  # the default
+    assert resolve_model(None).name == "gemma-3-270m"  # FSAR_LLM_MODEL, which the test suite sets
     assert resolve_model(str(gemma.path)).sha256 is None  # a path: hashed by the backend
     with pytest.raises(BackendError, match="unknown model 'qwen-7b'; give a GGUF path or one of: gemma-3-270m, qwen2.5-coder-1.5b"):
         resolve_model("qwen-7b")
@@ -130,3 +130,14 @@ def test_qwen_answers_through_its_chat_template():
         assert done.prompt_tokens > 200  # the whole chat, worked examples included (255 tokens)
     finally:
         backend.close()
+
+
+def test_the_default_model_is_qwen_unless_fsar_llm_model_names_another(monkeypatch):
+    """Users get the instruction-tuned model by default; FSAR_LLM_MODEL (the suite's Gemma) overrides it."""
+    from fsar.knowledge.models import default_model
+
+    monkeypatch.delenv("FSAR_LLM_MODEL", raising=False)
+    assert default_model() == "qwen2.5-coder-1.5b"
+    assert resolve_model(None).path.name == "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    monkeypatch.setenv("FSAR_LLM_MODEL", "gemma-3-270m")
+    assert resolve_model(None).name == "gemma-3-270m"

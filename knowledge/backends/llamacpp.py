@@ -1,7 +1,7 @@
 """The embedded backend: llama-cpp-python in-process on a GGUF file, decoding constrained to the JSON schema.
 
-``--model`` takes a short name of a packaged model (``fsar.knowledge.models``: ``gemma-3-270m``, the default, and
-``qwen2.5-coder-1.5b``) or a path to any GGUF file. Gemma 3 270M is a base model with no chat template, so its
+``--model`` takes a short name of a packaged model (``fsar.knowledge.models``: ``qwen2.5-coder-1.5b``, the default,
+and ``gemma-3-270m``) or a path to any GGUF file. Gemma 3 270M is a base model with no chat template, so its
 prompts are plain completions with worked examples (see ``prompts/``); an instruction-tuned model gets the same
 prompt as its user turn, rendered with the chat template stored in its GGUF (``prompt_style="chat"``).
 """
@@ -17,14 +17,14 @@ from pathlib import Path
 from fsar.data.paths import atomic_write_text, cache_root
 from fsar.knowledge.backends.base import Backend, BackendError, Completion, Sampling
 from fsar.knowledge.backends.llamacpp_engine import BatchedDecoder, Sampler
-from fsar.knowledge.models import DEFAULT_MODEL, MODELS, resolve_model
+from fsar.knowledge.models import MODELS, resolve_model
 
 DEFAULT_PARALLEL = 8  # requests decoded together; speed by parallelism: bench/bench_decoder.py
 PROMPT_STYLES = ("completion", "chat")
 
 
-def default_model_path(name: str = DEFAULT_MODEL) -> tuple[Path, str | None]:
-    """The GGUF of a packaged model (assembled in the user cache once) and its known sha256."""
+def default_model_path(name: str | None = None) -> tuple[Path, str | None]:
+    """The GGUF of a packaged model (default: the default model; assembled in the user cache once) and its known sha256."""
     resolved = resolve_model(name)
     return resolved.path, resolved.sha256
 
