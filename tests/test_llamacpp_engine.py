@@ -128,3 +128,20 @@ def test_no_repeat_ngram_stops_the_copy_loop(model_path):
     assert banned.text.split()[:4] == phrase.split(), banned.text  # the first run is still allowed
     assert banned.completion_tokens == 24, banned.text  # it kept writing: the ban did not just end the answer
     assert not _repeated_runs(banned.text, 4), banned.text
+
+
+def test_the_ban_also_bars_the_banned_word_glued_to_the_word_before(model_path):
+    """Around a ban the model used to drop the space ("side of theroom", "left to the-right"): pieces that start
+    no new word and begin a banned word are barred too, while a new word, another word ending and "'s" are not."""
+    dec = BatchedDecoder(model_path, n_threads=1, n_parallel=1)
+    try:
+        banned = {"room", "right"}
+
+        def glues(text: str) -> list[bool]:
+            return [dec._glues(t, banned) for t in dec.model.tokenize(text.encode(), add_bos=False, special=False)]
+
+        assert glues("room") == [True] and glues("-")[0] and glues("-right")[0]
+        assert not any(glues(" room")) and not any(glues(" right"))  # the banned word itself is the other test's
+        assert not glues("ory")[0] and not glues("'s")[0]  # "the" + "ory", "player" + "'s" stay allowed
+    finally:
+        dec.close()

@@ -90,6 +90,10 @@ class BatchedDecoder:
         self.L = llama_cpp
         self.n_heads = n_heads  # prompt heads kept in the KV cache (one per knowledge kind is plenty)
         mparams = llama_cpp.llama_model_default_params()
+        # our choice: on a CPU with AMX, llama.cpp's AMX matrix product (an "extra buffer type") crashed this decoder
+        # (segfault in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36 built natively on a Xeon with amx_int8),
+        # so there the weights stay in the plain CPU buffer; elsewhere the faster repacked layouts are kept
+        mparams.use_extra_bufts = not _cpu_has_amx()
         self.model = _internals.LlamaModel(path_model=model_path, params=mparams, verbose=False)
         cparams = llama_cpp.llama_context_default_params()
         # sequences: the prompt heads and the requests in flight, each in its own KV stream (not unified), so a
@@ -256,7 +260,7 @@ class BatchedDecoder:
         top_logits = logits[top]
         banned = self._banned(req)
         if banned:  # words that would repeat a run of n words (" fox" and "Fox" count as the same word)
-            top_logits[[self._word(int(t)) in banned for t in top]] = -np.inf
+            top_logits[[self._word(int(t)) in banned or self._glues(int(t), banned) for t in top]] = -np.inf
         ids, lg = self._allowed(req, top, top_logits)
         if ids.size == 0:  # (the ban does not apply here: the grammar may want exactly a banned word)
             ids, lg = self._allowed(req, self._full_ids, logits, full=True)
@@ -297,6 +301,19 @@ class BatchedDecoder:
             self._word_tokens[token] = piece.strip().lower().decode() if _WORD.fullmatch(piece) else ""
         return self._word_tokens[token]
 
+    def _glues(self, token: int, banned: set[str]) -> bool:
+        """Whether a piece would write a banned word glued to the word before ("the" + "room", "the" + "-right").
+
+        Without this the model goes around the ban by dropping the space ("the other side of theroom"), which the
+        validator then rejects. Only pieces that start no new word and begin a banned word are barred (our choice:
+        barring every piece without a leading space while a ban is active also stopped legitimate word endings and
+        made the 270M model glue whole phrases)."""
+        piece = self._piece(token)
+        if piece[:1] in (b" ", b"") or not _WORD.fullmatch(piece):
+            return False
+        stem = piece.lower().lstrip(b"-").decode()  # a bare "-" glues ("the-right"); a bare "'" may start "'s"
+        return any(word.startswith(stem) for word in banned)
+
     def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = self.L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
@@ -333,6 +350,15 @@ class BatchedDecoder:
         """Logits of the i-th row that asked for them in the last batch."""
         ptr = self.L.llama_get_logits_ith(self.ctx.ctx, self._logit_rows[i])
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+
+def _cpu_has_amx() -> bool:
+    """Whether this CPU advertises AMX (Linux's /proc/cpuinfo flags; False where that file does not exist)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_int8" in line for line in f)
+    except OSError:
+        return False
 
 
 _WORD = re.compile(rb"[A-Za-z' -]+")
