@@ -145,3 +145,20 @@ def test_the_ban_also_bars_the_banned_word_glued_to_the_word_before(model_path):
         assert not glues("ory")[0] and not glues("'s")[0]  # "the" + "ory", "player" + "'s" stay allowed
     finally:
         dec.close()
+
+
+@pytest.mark.slow
+def test_at_the_word_limit_the_phrase_ends_instead_of_gluing(model_path):
+    """A grammar of at most three words and a prompt that wants a fourth: the answer ends after three words. The
+    premise, with the word-bound rule switched off: the model glues the words on ("jumpshighredfox...")."""
+    prompt = " ".join(["red fox jumps high"] * 6)
+    grammar = 'root ::= [a-z]+ (" " [a-z]+){0,2} "."'
+    dec = BatchedDecoder(model_path, n_threads=2, n_parallel=1)
+    try:
+        ended = dec.submit(prompt, grammar, Sampler(temperature=0.0, max_tokens=24)).result(timeout=300)
+        dec._at_word_bound = lambda *args: False
+        glued = dec.submit(prompt, grammar, Sampler(temperature=0.0, max_tokens=24)).result(timeout=300)
+    finally:
+        dec.close()
+    assert glued.text.startswith("red fox jumps") and len(glued.text.split()[-1]) > len("jumps."), glued.text
+    assert ended.text == "red fox jumps.", ended.text

@@ -69,7 +69,7 @@ class LlamaCppBackend(Backend):
     """
 
     name = "llamacpp"
-    decoder = "fsar-batched-2"  # part of the identity: answers of another decoding algorithm are not reused
+    decoder = "fsar-batched-3"  # part of the identity: answers of another decoding algorithm are not reused
 
     def __init__(self, model_path: str | None = None, n_threads: int | None = None, parallel: int | None = None,
                  prompt_style: str | None = None):

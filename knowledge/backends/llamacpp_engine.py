@@ -70,6 +70,7 @@ class _Request:
     last: int = -1
     tokens: list[int] = field(default_factory=list)
     counts: collections.Counter = field(default_factory=collections.Counter)
+    word_counts: collections.Counter = field(default_factory=collections.Counter)  # words begun with a space
     ngrams: dict[tuple, set] = field(default_factory=dict)  # (n-1 words) -> words that followed them
     grammar_ptr: object = None
     rng: np.random.Generator | None = None
@@ -220,6 +221,8 @@ class BatchedDecoder:
         self.L.llama_sampler_accept(req.grammar_ptr, token)
         req.tokens.append(token)
         req.counts[token] += 1
+        if self._piece(token)[:1] == b" " and self._word(token):
+            req.word_counts[self._word(token)] += 1
         req.last = token
         n = req.sampler.no_repeat_ngram
         if n and len(req.tokens) >= n:
@@ -258,12 +261,23 @@ class BatchedDecoder:
         # grammar on the best candidates first; on the whole vocabulary only when none of them is allowed
         top = np.argpartition(logits, -TOP_CANDIDATES)[-TOP_CANDIDATES:].astype(np.int32)
         top_logits = logits[top]
+        if req.word_counts and (s.frequency_penalty or s.presence_penalty):
+            # a used word's penalty also falls on the same word without its space: penalising " the" alone made
+            # "the" glued to the word before the cheaper choice ("ofthemotion", "across thesky")
+            n = np.array([self._glued_count(req, int(t)) for t in top], dtype=np.float32)
+            top_logits -= s.frequency_penalty * n + s.presence_penalty * (n > 0)
         banned = self._banned(req)
         if banned:  # words that would repeat a run of n words (" fox" and "Fox" count as the same word)
             top_logits[[self._word(int(t)) in banned or self._glues(int(t), banned) for t in top]] = -np.inf
+        word_bound = self._at_word_bound(req, top, top_logits)
         ids, lg = self._allowed(req, top, top_logits)
+        if word_bound:
+            ids, lg = self._drop_glue(ids, lg)
         if ids.size == 0:  # (the ban does not apply here: the grammar may want exactly a banned word)
             ids, lg = self._allowed(req, self._full_ids, logits, full=True)
+            if word_bound:
+                kept = self._drop_glue(ids, lg)
+                ids, lg = kept if kept[0].size else (ids, lg)
         if ids.size == 0:
             return None  # nothing fits the grammar: the answer ends here (and fails validation)
         order = np.argsort(-lg, kind="stable")[: s.top_k]
@@ -300,6 +314,34 @@ class BatchedDecoder:
             piece = self._piece(token)
             self._word_tokens[token] = piece.strip().lower().decode() if _WORD.fullmatch(piece) else ""
         return self._word_tokens[token]
+
+    def _at_word_bound(self, req: _Request, top: np.ndarray, top_logits: np.ndarray) -> bool:
+        """Whether the model wants a new word that the grammar refuses (a schema's word limit is reached).
+
+        There it used to write the word glued to the last one ("end of thepace" for " space" as the 11th word of a
+        10-word phrase), because the closing quote is rarely among the best candidates."""
+        best = int(top[np.argmax(top_logits)])
+        if self._piece(best)[:1] != b" " or not self._word(best):
+            return False
+        return self._allowed(req, np.array([best], dtype=np.int32), top_logits[[np.argmax(top_logits)]])[0].size == 0
+
+    def _drop_glue(self, ids: np.ndarray, lg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates without the pieces that would continue the last word."""
+        keep = np.array([not self._starts_glued(int(t)) for t in ids], dtype=bool)
+        return ids[keep], lg[keep]
+
+    def _starts_glued(self, token: int) -> bool:
+        """A piece that would continue the word before it: letters or "-" first, no leading space."""
+        piece = self._piece(token)
+        return piece[:1].isalpha() or piece[:1] == b"-"
+
+    def _glued_count(self, req: _Request, token: int) -> int:
+        """How often the answer has used, as a word of its own, the word that this piece would glue on (0 for
+        a piece that starts a new word)."""
+        piece = self._piece(token)
+        if piece[:1] in (b" ", b""):
+            return 0
+        return req.word_counts.get(self._word(token), 0)
 
     def _glues(self, token: int, banned: set[str]) -> bool:
         """Whether a piece would write a banned word glued to the word before ("the" + "room", "the" + "-right").
