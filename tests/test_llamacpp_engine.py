@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fsar.knowledge.backends.llamacpp_engine import BatchedDecoder, Sampler, split_prompt
+from fsar.knowledge.backends.llamacpp_engine import BatchedDecoder, Sampler, _Request, split_prompt
 from fsar.knowledge.prompting import render_prompt
 from fsar.knowledge.schemas import get_kind
 
@@ -143,6 +143,11 @@ def test_the_ban_also_bars_the_banned_word_glued_to_the_word_before(model_path):
         assert glues("room") == [True] and glues("-")[0] and glues("-right")[0]
         assert not any(glues(" room")) and not any(glues(" right"))  # the banned word itself is the other test's
         assert not glues("ory")[0] and not glues("'s")[0]  # "the" + "ory", "player" + "'s" stay allowed
+        # the penalty rule: "the" without its space counts the uses of " the", a word of its own
+        req = _Request(head="", tail="", grammar="", sampler=Sampler(), future=None)
+        req.word_counts["the"] = 3
+        (spaced,), (bare,) = (dec.model.tokenize(t.encode(), add_bos=False, special=False) for t in (" the", "the"))
+        assert dec._glued_count(req, bare) == 3 and dec._glued_count(req, spaced) == 0
     finally:
         dec.close()
 
