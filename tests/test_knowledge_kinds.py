@@ -9,6 +9,7 @@ are pinned to the values they had before kinds became modules, so users' caches 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -265,7 +266,8 @@ def test_ensure_knowledge_generates_with_the_report_the_cli_prints(fsar_cache, c
     ensure_knowledge(H.DATASET, "dist", split="val", progress=False)
     err = " ".join(capfd.readouterr().err.split())  # rich wraps long lines
     assert "tiny6 · dist: knowledge missing for split 'val'; generating it" in err
-    assert "tiny6 · dist: 1/1 valid (0 kept, 1 LLM calls, 0 cached answers" in err, err
+    # (1 to 3 calls: a first answer that fails validation is asked again)
+    assert re.search(r"tiny6 · dist: 1/1 valid \(0 kept, [123] LLM calls, 0 cached answers", err), err
     assert "embedding the knowledge of 'gemma-3-270m-q4_k_m'" in err
     te = load_text_embeddings(H.DATASET, "dist", split="val")
     assert te.class_keys == ["pour"] and te.has_knowledge.all()

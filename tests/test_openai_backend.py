@@ -22,6 +22,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# llama_cpp.server as is, except on CPUs with AMX, where its matrix kernels segfault (see BatchedDecoder): there the
+# server's models get the plain CPU buffer, as the embedded decoder does
+_SERVER = """
+import runpy, sys
+import llama_cpp.llama_cpp as C
+from fsar.knowledge.backends.llamacpp_engine import cpu_has_amx
+if cpu_has_amx():
+    _defaults = C.llama_model_default_params
+    def _no_extra_buffers():
+        params = _defaults()
+        params.use_extra_bufts = False
+        return params
+    C.llama_model_default_params = _no_extra_buffers
+sys.argv[0] = "llama_cpp.server"
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Start ``python -m llama_cpp.server`` on a free local port and wait until it lists its model."""
@@ -31,7 +49,7 @@ def server(tmp_path_factory):
     port = _free_port()
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a file, not a pipe: a full pipe blocks it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", "gemma3-270m",
+        [sys.executable, "-c", _SERVER, "--model", str(path), "--model_alias", "gemma3-270m",
          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
         stdout=log, stderr=subprocess.STDOUT, text=True,
     )

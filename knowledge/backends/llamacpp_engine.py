@@ -94,7 +94,7 @@ class BatchedDecoder:
         # our choice: on a CPU with AMX, llama.cpp's AMX matrix product (an "extra buffer type") crashed this decoder
         # (segfault in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36 built natively on a Xeon with amx_int8),
         # so there the weights stay in the plain CPU buffer; elsewhere the faster repacked layouts are kept
-        mparams.use_extra_bufts = not _cpu_has_amx()
+        mparams.use_extra_bufts = not cpu_has_amx()
         self.model = _internals.LlamaModel(path_model=model_path, params=mparams, verbose=False)
         cparams = llama_cpp.llama_context_default_params()
         # sequences: the prompt heads and the requests in flight, each in its own KV stream (not unified), so a
@@ -394,7 +394,7 @@ class BatchedDecoder:
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
 
-def _cpu_has_amx() -> bool:
+def cpu_has_amx() -> bool:
     """Whether this CPU advertises AMX (Linux's /proc/cpuinfo flags; False where that file does not exist)."""
     try:
         with open("/proc/cpuinfo") as f:
