@@ -121,6 +121,7 @@ class BatchedDecoder:
         self._full = _TokenArray(llama_cpp, self.n_vocab)
         self._full_ids = np.arange(self.n_vocab, dtype=np.int32)
         self._word_tokens: dict[int, str] = {}
+        self._pieces: dict[int, bytes] = {}
         self._pending: collections.deque[_Request] = collections.deque()
         self._active: list[_Request] = []
         self._cond = threading.Condition()
@@ -357,9 +358,12 @@ class BatchedDecoder:
         return any(word.startswith(stem) for word in banned)
 
     def _piece(self, token: int) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = self.L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-        return buf.raw[: max(n, 0)]
+        """A token's text (cached: the glue rules ask for the 64 candidates' pieces at every step)."""
+        if token not in self._pieces:
+            buf = ctypes.create_string_buffer(64)
+            n = self.L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            self._pieces[token] = buf.raw[: max(n, 0)]
+        return self._pieces[token]
 
     def _head(self, tokens: tuple[int, ...]) -> int:
         """The sequence holding a prompt head's KV cache, computed alone when it is new (least recently used out)."""
