@@ -25,7 +25,7 @@ def generate(
     backend: str = typer.Option("llamacpp", help="llamacpp (embedded, offline), openai (any compatible server), vllm"),
     model: Optional[str] = typer.Option(None, help="llamacpp: a packaged model (gemma-3-270m, qwen2.5-coder-1.5b) or a GGUF path; openai, vllm: the model name"),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1"),
-    concurrency: Optional[int] = typer.Option(None, min=1, help="requests in flight: sequences decoded together (llamacpp, default 8; 1 makes each answer depend on its request alone) or concurrent requests (openai, default 4)"),
+    concurrency: Optional[int] = typer.Option(None, min=1, help="requests in flight: sequences decoded together (llamacpp, default 64; 1 makes each answer depend on its request alone) or concurrent requests (openai, default 4)"),
     seed: int = typer.Option(0, help="sampling seed (attempt i uses seed + i)"),
     temperature: float = typer.Option(0.7, min=0.0, help="sampling temperature"),
     max_tokens: int = typer.Option(384, min=1, help="token limit of one answer"),
