@@ -32,11 +32,12 @@ SENTENCE_WORDS = (4, 40)
 # Words a phrase cannot end on: articles, determiners, conjunctions, auxiliaries and prepositions that are never
 # particles. A phrase ending on one was cut mid-thought ("bounces up in", "around for", "turns the"). Particles that
 # do end phrases ("picks up", "sets down", "runs off", "breathes out") are not here; "in" is, for phrases only.
+# Nor are words that end phrases as adverbs or nouns: "within" ("glows from within"), "can" ("soda can").
 _DANGLING = set(
     "a an the this these those his their its my your our whose each every some any very "
     "and or but nor than as while when if because then whether which who whom that "
-    "of for with from to at into onto toward towards upon between among within like via per "
-    "is are was were be been being has have had will would can could should must".split()
+    "of for with from to at into onto toward towards upon between among like via per "
+    "is are was were be been being has have had will would could should must".split()
 )
 _DANGLING_PHRASE = _DANGLING | {"in"}
 

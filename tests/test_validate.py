@@ -140,7 +140,8 @@ def test_a_phrase_that_ends_mid_thought_is_rejected(item, word):
     assert item not in err.value.hint
 
 
-@pytest.mark.parametrize("item", ["ball bounces back up", "player picks the ball up", "ball is set down", "player breathes out"])
+@pytest.mark.parametrize("item", ["ball bounces back up", "player picks the ball up", "ball is set down", "player breathes out",
+                                  "a soda can", "ball lit from within"])
 def test_a_phrase_may_end_on_a_particle(item):
     answer = dist(["basketball", "wooden court", "bent arm", "open palm"], ["palm pushes the ball down", item, "ball returns to the hand", "player keeps running"])
     assert validate_answer(DIST, DIST.schema(), "dribble", answer)["temporal"][1] == item
