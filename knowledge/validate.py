@@ -118,7 +118,8 @@ def _dictionary() -> frozenset[str]:
     """English words with their inflections: pyspellchecker's frequency list (offline, about 160,000 words)."""
     from spellchecker import SpellChecker
 
-    return frozenset(SpellChecker(language="en", distance=1).word_frequency.keys())
+    # plus words the list lacks that the model writes correctly ("themself" was flagged as "them" + "self")
+    return frozenset(SpellChecker(language="en", distance=1).word_frequency.keys()) | {"themself"}
 
 
 def _splits(word: str, known: frozenset[str]) -> list[list[str]]:

@@ -156,7 +156,8 @@ def test_glued_words_are_rejected(item, glued):
     assert glued not in err.value.hint
 
 
-@pytest.mark.parametrize("item", ["a backflip off the ramp", "hairbrush and comb", "kickflip on the board", "rider's helmet"])
+@pytest.mark.parametrize("item", ["a backflip off the ramp", "hairbrush and comb", "kickflip on the board", "rider's helmet",
+                                  "rider leans toward themself"])
 def test_real_and_compound_words_are_not_glue(item):
     answer = dist(["bicycle frame", "handlebars", "bike path", item], ["feet push the pedals", "wheels roll forward", "rider steers", "bike gains speed"])
     assert validate_answer(DIST, DIST.schema(), "ride bike", answer)["spatial"][3] == item
