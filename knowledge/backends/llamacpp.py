@@ -21,7 +21,7 @@ from fsar.knowledge.models import MODELS, resolve_model
 
 # requests decoded together. On a CPU a decode step of the 1.5B model is compute-bound with a poor kernel at small
 # batches, so throughput kept rising up to a whole data set's classes in one batch (hmdb51 dist with Qwen on 2 cores:
-# 383 s at 8, 141 s at 64; bench/bench_decoder.py). Our choice: 64, whose KV cache (1,280 cells per sequence) takes
+# 13.4 tokens/s at 8, 33.3 at 64 with `python bench/bench_decoder.py --model qwen2.5-coder-1.5b --classes 51`). Our choice: 64, whose KV cache (1,280 cells per sequence) takes
 # about 2.5 GB for Qwen and 1.5 GB for Gemma.
 DEFAULT_PARALLEL = 64
 PROMPT_STYLES = ("completion", "chat")
