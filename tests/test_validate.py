@@ -148,7 +148,8 @@ def test_a_phrase_may_end_on_a_particle(item):
 
 
 @pytest.mark.parametrize("item,glued", [("turns and turns thewheel", "thewheel"), ("hands on the wheel andtheirselfisoverridden", "andtheirselfisoverridden"),
-                                        ("feet ontheground", "ontheground"), ("a " + "x" * 21, "x" * 21)])
+                                        ("feet ontheground", "ontheground"), ("a " + "x" * 21, "x" * 21),
+                                        ("the rider andthewheels", "andthewheels")])
 def test_glued_words_are_rejected(item, glued):
     answer = dist(["bicycle frame", "handlebars", "bike path", item], ["feet push the pedals", "wheels roll forward", "rider steers", "bike gains speed"])
     with pytest.raises(InvalidAnswer, match=f'spatial item 4 .* glued together \\("{glued}"\\)') as err:
@@ -157,7 +158,7 @@ def test_glued_words_are_rejected(item, glued):
 
 
 @pytest.mark.parametrize("item", ["a backflip off the ramp", "hairbrush and comb", "kickflip on the board", "rider's helmet",
-                                  "rider leans toward themself"])
+                                  "rider leans toward themself", "the massager's hands", "two bikers"])
 def test_real_and_compound_words_are_not_glue(item):
     answer = dist(["bicycle frame", "handlebars", "bike path", item], ["feet push the pedals", "wheels roll forward", "rider steers", "bike gains speed"])
     assert validate_answer(DIST, DIST.schema(), "ride bike", answer)["spatial"][3] == item
