@@ -145,10 +145,11 @@ def _splits(word: str, known: frozenset[str]) -> list[list[str]]:
 _SUFFIXES = ("r", "er", "rs", "ers", "s", "es", "d", "ed", "ing", "ly")
 
 
-def _inflected(word: str, known: frozenset[str]) -> bool:
+def _inflected(word: str, *known: frozenset[str]) -> bool:
     """A known word with a regular ending the list may lack: "massager" (ucf101 *head massage*) is "massage" + "r",
     not "mass" + "a" + "ger"."""
-    return any(word.endswith(end) and len(word) - len(end) >= 4 and word[: -len(end)] in known for end in _SUFFIXES)
+    stems = [word[: -len(end)] for end in _SUFFIXES if word.endswith(end) and len(word) - len(end) >= 4]
+    return any(stem in words for stem in stems for words in known)
 
 
 def glued_word(text: str, extra: frozenset[str] = frozenset()) -> str | None:
@@ -163,7 +164,7 @@ def glued_word(text: str, extra: frozenset[str] = frozenset()) -> str | None:
         word = re.sub(r"'s$", "", raw).replace("'", "")
         if len(word) > MAX_WORD_LETTERS and word not in extra:
             return raw
-        if len(word) < 5 or word in known or word in extra or _inflected(word, known | extra):
+        if len(word) < 5 or word in known or word in extra or _inflected(word, known, extra):
             continue
         if any(any(p in _GLUE for p in parts) for parts in _splits(word, known)):
             return raw
