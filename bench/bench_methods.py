@@ -192,6 +192,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from fsar.data.paths import cache_root
 
+    if args.merge:
+        missing = [str(f) for f in args.merge if not (f / "bench_methods.json").exists()]
+        if missing:
+            sys.exit(f"error: no bench_methods.json in {', '.join(missing)}: run those benchmarks first or leave them out")
     out = args.out or cache_root() / "bench" / "methods"
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bench_methods.json"
