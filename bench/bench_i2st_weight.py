@@ -15,7 +15,6 @@ Writes bench_i2st_weight.json (command, checkpoint, config, fingerprints, rows) 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -69,7 +68,6 @@ def main() -> None:
     for w in sorted(set(args.weights) | {trained_w}):
         model.head.global_weight = w
         accs[w] = run_episodes(model, feats, episodes, bank, kept_records)
-    model.head.global_weight = trained_w
     saved = Path(ckpt["path"]).parent / "test_accuracies.pt"  # what the run itself scored on these episodes
     if saved.exists() and len(accs[trained_w]) == len(stored := torch.load(saved)) and not torch.equal(accs[trained_w], stored):
         sys.exit(f"error: the trained weight does not reproduce {saved}; was the checkpoint retrained or the data changed?")
